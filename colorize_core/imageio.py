@@ -1,0 +1,495 @@
+"""Decode whatever an archive holds into one RGB array; encode results.
+
+Decoding never lets a bad file escape as anything but `ImageDecodeError` with a
+one-line reason, because the job stores `str(err)` in the row's error column
+(a bad image is a row, not a crash).
+
+Decisions worth knowing:
+
+* **Alpha** (RGBA, LA, PA, P or L/RGB with a tRNS colour key) is composited over
+  WHITE: transparent regions of archive scans are cut-outs on paper, and black
+  would read as ink to a colorizer.
+* **16-bit** sources keep their precision: ``rgb`` is uint16 for 16-bit
+  grayscale (Pillow's ``I;16*`` modes, or mode ``I`` whose values fit in 16
+  bits) and 16-bit RGB(A). Pillow narrows 16-bit RGB(A) to 8 bits when it
+  decodes, so for those:
+
+  - TIFF is read with ``tifffile`` (exact; also reads planar files, which
+    Pillow misreads, and extra-sample layouts Pillow refuses). Without
+    ``imagecodecs`` tifffile lacks LZW/PackBits/JPEG; when it fails we use the
+    PNG trick below through Pillow's libtiff (contiguous samples only; planar
+    files then fail with a reason that names tifffile's error).
+  - PNG (and the TIFF fallback) is decoded by Pillow twice with byte-swapped
+    raw modes (``RGB;16B`` then ``RGB;16L``): Pillow's unpacker keeps one byte
+    per sample, so the two passes yield the high and the low bytes, which are
+    recombined exactly. The un-filtering and zlib work stay in Pillow's C code.
+
+  16-bit gray+alpha (PNG ``LA`` 16) is narrowed to 8 bits by Pillow; accepted
+  (rare, and there is no Pillow unpacker to recover the low byte). A tRNS
+  colour key on 16-bit gray or on the 16-bit RGB paths is ignored.
+* **Size guard**: width*height is checked against ``max_pixels`` from the header,
+  before any pixel is decoded (``Image.open`` is lazy). Pillow's own global
+  guard is switched off once at import (see `Image.MAX_IMAGE_PIXELS` below) so
+  the per-call limit is the only one and Pillow cannot raise or warn first.
+* **Orientation**: the EXIF Orientation tag (all 8 values) is applied; an
+  unreadable EXIF block leaves the stored orientation rather than rejecting
+  otherwise good pixels.
+* Colour management is not applied: ICC profiles are ignored, CMYK and YCbCr
+  use Pillow's plain conversions.
+* Multi-frame files (GIF, WebP, multi-page TIFF, MPO) yield their first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "FORMAT_EXTENSIONS",
+    "DecodedImage",
+    "ImageDecodeError",
+    "decode_image",
+    "encode_image",
+    "to_float01",
+]
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Largest width*height decoded by default: a 10k x 10k scan, ~300 MB as uint8
+RGB (twice that for 16-bit). Raise it per call for very large plates."""
+
+FORMAT_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+# Pillow's decompression-bomb guard reads this module-global at every
+# Image.open and warns above it / raises above twice it. We do our own per-call
+# check against `max_pixels` before decoding, so we switch Pillow's off ONCE
+# here; mutating it per call would race between threads. This is process-wide:
+# other Pillow users in the same process lose Pillow's default guard.
+Image.MAX_IMAGE_PIXELS = None
+# ImageFile.LOAD_TRUNCATED_IMAGES is deliberately left False: truncation must fail.
+
+_MAX_REASON = 160
+
+
+class _MuteWhileDecoding(logging.Filter):
+    """tifffile logs a warning per oddity of a corrupt file; we already turn the
+    failure into the row's reason, so drop its records, but only from a thread
+    that is inside `_decode_tiff16` (a thread-local flag, so no global toggling)."""
+
+    local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "active", False)
+
+
+logging.getLogger("tifffile").addFilter(_MuteWhileDecoding())
+
+# Pillow raw modes for 16-bit colour, mapped to the mode whose unpacker takes
+# the other byte of each sample (see module docstring).
+_NATIVE = "L" if sys.byteorder == "little" else "B"
+_SWAP16 = {
+    f"{m};16{a}": f"{m};16{b}"
+    for m in ("RGB", "RGBA", "RGBX")
+    for a, b in (("B", "L"), ("L", "B"), ("N", "B" if _NATIVE == "L" else "L"))
+}
+
+_GRAY16_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "F"} | _GRAY16_MODES
+
+_MAGIC = [
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+]
+
+
+class ImageDecodeError(ValueError):
+    """A file that cannot be turned into pixels; `str(err)` is one short line."""
+
+    def __init__(self, reason: str):
+        super().__init__(_one_line(reason))
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Pixels as displayed (orientation applied, alpha flattened) plus provenance.
+
+    `rgb` is [H, W, 3], C-contiguous, uint8 for 8-bit (and 1-bit) sources and
+    uint16 for 16-bit ones. `source_mode` is Pillow's mode, except 16-bit colour
+    which is reported as ``RGB;16`` / ``RGBA;16`` (Pillow calls it ``RGB``).
+    `is_gray` is True when the source carries no colour: a gray mode, or colour
+    whose three channels are identical everywhere.
+    """
+
+    rgb: np.ndarray
+    source_mode: str
+    source_format: str
+    is_gray: bool
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode file bytes into display-ready RGB, or raise `ImageDecodeError`.
+
+    Any failure caused by the bytes becomes `ImageDecodeError` with a one-line
+    reason. A non-bytes argument (TypeError) and MemoryError are not the file's
+    fault and propagate.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode_image expects bytes, got {type(data).__name__}")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    data = bytes(data)
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    # Pillow warns about e.g. corrupt EXIF or palette transparency; per image
+    # that is noise (and an error under -W error), so silence it for this call.
+    # catch_warnings swaps process-global state: fine for one decode per thread.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return _decode(data, max_pixels)
+        except (ImageDecodeError, MemoryError):
+            raise
+        except Image.DecompressionBombError as exc:  # only if someone re-enabled Pillow's guard
+            raise ImageDecodeError(f"image too large for Pillow's MAX_IMAGE_PIXELS: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - plugins raise anything on bad bytes
+            raise ImageDecodeError(_reason(exc)) from None
+
+
+def to_float01(rgb: np.ndarray) -> np.ndarray:
+    """uint8 / 255 or uint16 / 65535 as float32 in [0, 1]."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint8:
+        scale = 255.0
+    elif rgb.dtype == np.uint16:
+        scale = 65535.0
+    else:
+        raise ValueError(f"to_float01 expects uint8 or uint16, got {rgb.dtype}")
+    return rgb.astype(np.float32) * np.float32(1.0 / scale)
+
+
+def encode_image(rgb: np.ndarray, fmt: str = "jpeg", *, quality: int = 95) -> bytes:
+    """Encode uint8 [H, W, 3] as JPEG (4:4:4), PNG (lossless) or WebP.
+
+    JPEG keeps full-resolution chroma because colour is the product here.
+    WebP at quality 100 is written lossless.
+    """
+    fmt_key = _canonical_format(fmt)
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(
+            f"encode_image expects uint8 [H, W, 3], got {rgb.dtype} {list(rgb.shape)}; "
+            "convert (e.g. np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)) first"
+        )
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"encode_image got an empty image {list(rgb.shape)}")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ValueError(f"quality must be an int in [1, 100], got {quality!r}")
+    im = Image.fromarray(np.ascontiguousarray(rgb))
+    buf = io.BytesIO()
+    if fmt_key == "jpeg":
+        im.save(buf, "JPEG", quality=quality, subsampling=0)
+    elif fmt_key == "png":
+        im.save(buf, "PNG")
+    else:
+        im.save(buf, "WEBP", quality=quality, lossless=quality == 100)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def _decode(data: bytes, max_pixels: int) -> DecodedImage:
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        # Pillow refuses some 16-bit RGB TIFF layouts (e.g. RGB + 2 extra samples).
+        if _sniff(data) == "TIFF":
+            try:
+                decoded = _decode_tiff16(data, max_pixels)
+            except ImageDecodeError:
+                raise
+            except Exception:  # noqa: BLE001 - fall through to the generic reason
+                decoded = None
+            if decoded is not None:
+                return decoded
+        raise ImageDecodeError(_unidentified_reason(data)) from None
+
+    with im:
+        fmt = im.format or "unknown"
+        _check_size(*im.size, max_pixels)
+        if _is_rgb16(im):
+            return _decode_rgb16(data, im, max_pixels)
+        im.load()  # full decode: raises on truncation
+        source_mode = im.mode
+        try:
+            ImageOps.exif_transpose(im, in_place=True)
+        except Exception:  # noqa: BLE001 - bad EXIF must not cost good pixels
+            pass
+        rgb, is_gray = _to_rgb(im)
+    return DecodedImage(rgb=rgb, source_mode=source_mode, source_format=fmt, is_gray=is_gray)
+
+
+def _to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
+    """Loaded, oriented Pillow image -> ([H, W, 3] uint8/uint16, is_gray)."""
+    mode = im.mode
+    if mode in _GRAY16_MODES:
+        return _gray3(np.asarray(im).astype(np.uint16, copy=False)), True
+    if mode == "I":
+        arr = np.asarray(im)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 65535:
+            raise ImageDecodeError(f"unsupported image mode 'I': values [{lo}, {hi}] exceed 16 bits")
+        return _gray3(arr.astype(np.uint16)), True
+    if mode == "F":
+        raise ImageDecodeError("unsupported image mode 'F' (floating-point samples)")
+    if mode == "1":
+        return _gray3(np.asarray(im.convert("L"))), True
+    if mode == "L" and not im.has_transparency_data:
+        return _gray3(np.asarray(im)), True
+    if mode == "LA":
+        la = np.asarray(im)
+        return _gray3(_over_white(la[..., :1], la[..., 1], 255)[..., 0]), True
+    if mode == "RGB" and not im.has_transparency_data:
+        rgb = np.ascontiguousarray(np.asarray(im))
+        return rgb, _channels_equal(rgb)
+    if im.has_transparency_data or mode in ("RGBA", "RGBa", "PA", "La"):
+        rgba = np.asarray(im if mode == "RGBA" else im.convert("RGBA"))
+        rgb = _over_white(rgba[..., :3], rgba[..., 3], 255)
+        return rgb, mode in _GRAY_MODES or _channels_equal(rgb)
+    try:  # P, CMYK, YCbCr, RGBX, LAB, HSV, ...
+        converted = im.convert("RGB")
+    except (ValueError, OSError):
+        raise ImageDecodeError(f"unsupported image mode {mode!r}") from None
+    rgb = np.ascontiguousarray(np.asarray(converted))
+    return rgb, _channels_equal(rgb)
+
+
+def _decode_rgb16(data: bytes, im: Image.Image, max_pixels: int) -> DecodedImage:
+    """16-bit RGB(A) that Pillow would narrow to 8 bits (see module docstring)."""
+    fmt = im.format or "unknown"
+    tiff_error = None
+    if fmt == "TIFF":
+        try:
+            decoded = _decode_tiff16(data, max_pixels)
+        except ImageDecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. LZW needs imagecodecs: try Pillow below
+            decoded, tiff_error = None, exc
+        if decoded is not None:
+            return decoded
+    rawmodes = [t.args[0] if isinstance(t.args, tuple) else t.args for t in im.tile]
+    # Planar TIFF: Pillow's libtiff path picks its own per-plane unpackers (the
+    # swap has no effect) and its raw path reads 8 of the 16 bits; refuse both.
+    planar = fmt == "TIFF" and getattr(im, "tag_v2", {}).get(284, 1) != 1
+    if planar or not all(r in _SWAP16 for r in rawmodes):
+        if tiff_error is not None:
+            raise ImageDecodeError(
+                f"cannot decode 16-bit RGB TIFF with tifffile ({type(tiff_error).__name__}: {tiff_error})"
+            )
+        raise ImageDecodeError(f"unsupported 16-bit RGB {fmt} layout")
+    hi = _load_with_rawmodes(data, rawmodes)
+    lo = _load_with_rawmodes(data, [_SWAP16[r] for r in rawmodes])
+    if hi.shape != lo.shape or hi.ndim != 3:
+        raise ImageDecodeError(f"corrupt 16-bit {fmt} data")
+    arr = (hi.astype(np.uint16) << 8) | lo
+    return _finish16(arr, _exif_orientation(im), fmt)
+
+
+def _load_with_rawmodes(data: bytes, rawmodes: list[str]) -> np.ndarray:
+    """Decode with each tile's raw mode replaced (Pillow keeps one byte per sample)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.tile = [
+            t._replace(args=(raw, *t.args[1:]) if isinstance(t.args, tuple) else raw)
+            for t, raw in zip(im.tile, rawmodes, strict=True)
+        ]
+        im.load()
+        return np.asarray(im)
+
+
+def _decode_tiff16(data: bytes, max_pixels: int) -> DecodedImage | None:
+    """First page of a 16-bit RGB(A) TIFF via tifffile; None if not that kind."""
+    _MuteWhileDecoding.local.active = True
+    try:
+        return _read_tiff16(data, max_pixels)
+    finally:
+        _MuteWhileDecoding.local.active = False
+
+
+def _read_tiff16(data: bytes, max_pixels: int) -> DecodedImage | None:
+    import tifffile  # ships with scikit-image; imported lazily, only 16-bit TIFFs need it
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tf:
+        page = tf.pages[0]
+        if (
+            int(page.photometric) != 2  # RGB
+            or page.dtype != np.uint16
+            or page.axes not in ("YXS", "SYX")
+        ):
+            return None
+        shape = dict(zip(page.axes, page.shape))
+        if shape["S"] < 3:
+            return None
+        _check_size(shape["X"], shape["Y"], max_pixels)
+        arr = page.asarray()
+        if page.axes == "SYX":
+            arr = np.moveaxis(arr, 0, -1)
+        first_extra = int(page.extrasamples[0]) if len(page.extrasamples) else 0  # 1 assoc, 2 unassoc alpha
+        tag = page.tags.get(274)
+        orientation = int(tag.value) if tag is not None else 1
+    arr = arr[..., :4] if first_extra in (1, 2) else arr[..., :3]
+    return _finish16(arr.astype(np.uint16, copy=False), orientation, "TIFF", premultiplied=first_extra == 1)
+
+
+def _finish16(arr: np.ndarray, orientation: int, fmt: str, *, premultiplied: bool = False) -> DecodedImage:
+    """[H, W, 3|4] uint16 -> oriented, alpha-flattened DecodedImage."""
+    if arr.shape[2] == 4 and premultiplied:  # colour already scaled by alpha: add the white
+        white = 65535 - arr[..., 3:].astype(np.uint32)
+        mode, rgb = "RGBA;16", np.minimum(arr[..., :3] + white, 65535).astype(np.uint16)
+    elif arr.shape[2] == 4:
+        mode, rgb = "RGBA;16", _over_white(arr[..., :3], arr[..., 3], 65535)
+    else:
+        mode, rgb = "RGB;16", arr[..., :3]
+    rgb = np.ascontiguousarray(_orient(rgb, orientation))
+    return DecodedImage(rgb=rgb, source_mode=mode, source_format=fmt, is_gray=_channels_equal(rgb))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"zero-size image ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image too large: {width}x{height} = {width * height} pixels > max_pixels {max_pixels}"
+        )
+
+
+def _is_rgb16(im: Image.Image) -> bool:
+    """16-bit-per-sample colour, which Pillow would decode to 8 bits."""
+    if im.format == "TIFF":  # tags, not raw modes: Pillow misreads planar 16-bit as 8-bit
+        tags = getattr(im, "tag_v2", {})
+        bits = tags.get(258, ())
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return tags.get(262) == 2 and len(bits) >= 3 and set(bits) == {16}
+    args = [t.args for t in getattr(im, "tile", None) or ()]
+    raws = [a[0] if isinstance(a, tuple) and a else a for a in args]
+    return bool(raws) and all(isinstance(r, str) and r in _SWAP16 for r in raws)
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - unreadable EXIF: keep stored orientation
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to [H, W, ...] as ImageOps.exif_transpose would."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return arr[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
+
+
+def _gray3(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def _over_white(color: np.ndarray, alpha: np.ndarray, maxval: int) -> np.ndarray:
+    """Composite straight-alpha `color` over white, rounded, in the input dtype.
+
+    c*a + max*(max-a) <= max**2 fits uint16 for 8-bit and uint32 for 16-bit.
+    """
+    out_dtype = np.uint8 if maxval == 255 else np.uint16
+    wide = np.uint16 if maxval == 255 else np.uint32
+    a = alpha.astype(wide)[..., None]
+    out = (color.astype(wide) * a + (maxval - a) * wide(maxval) + wide(maxval // 2)) // wide(maxval)
+    return np.ascontiguousarray(out.astype(out_dtype))
+
+
+def _channels_equal(rgb: np.ndarray) -> bool:
+    """True if R == G == B everywhere; a strided sample rejects colour images early."""
+    step = max(1, rgb.shape[0] // 32)
+    sample = rgb[::step]
+    if not (np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(sample[..., 1], sample[..., 2])):
+        return False
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+
+
+def _sniff(data: bytes) -> str | None:
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def _unidentified_reason(data: bytes) -> str:
+    kind = _sniff(data)
+    if kind is not None:
+        return f"corrupt or truncated {kind} header"
+    head = data[:1024].lstrip()
+    if head.startswith(b"%PDF"):
+        return "not an image (PDF document)"
+    if head[:1] == b"<":
+        return "not an image (HTML/XML text)"
+    has_controls = any(b < 9 or 13 < b < 32 or b == 127 for b in head)
+    if not has_controls and head.decode("utf-8", "replace").count("\ufffd") <= 1:  # 1: a cut char
+        return "not an image (text file)"
+    return "not an image (unrecognised bytes)"
+
+
+def _reason(exc: BaseException) -> str:
+    msg = str(exc)
+    low = msg.lower()
+    if isinstance(exc, EOFError) or "truncated" in low or "broken data stream" in low:
+        return "truncated image data"
+    detail = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return f"corrupt image data ({detail})"
+
+
+def _one_line(text: str) -> str:
+    text = re.sub(r"\s+", " ", str(text)).strip() or "undecodable image"
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _canonical_format(fmt: str) -> str:
+    key = str(fmt).lower().lstrip(".")
+    key = "jpeg" if key == "jpg" else key
+    if key not in FORMAT_EXTENSIONS:
+        raise ValueError(f"unknown output format {fmt!r}; use one of {sorted(FORMAT_EXTENSIONS)} (or 'jpg')")
+    return key

@@ -1,0 +1,187 @@
+"""The manifest schema, its validation, and its split into shards (the unit of resume).
+
+A manifest is a Parquet file or a prefix of Parquet files with columns ``image_id`` (string, unique),
+``uri`` (string) and optionally ``reference_uri`` (string, colour ground truth) and ``hints``
+(list of {x, y, a, b}: SIGGRAPH17 colour points, x and y in [0, 1] of the image width and height,
+a and b in Lab units). Validation reads only the columns it checks, file by file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+
+REQUIRED = ("image_id", "uri")
+OPTIONAL = ("reference_uri", "hints")
+MAX_ID_LENGTH = 512
+MAX_REPORTED = 10
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used as it is; the message names the offending rows."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows [start, stop) of one manifest file. ``shard_id`` depends only on the file's name relative
+    to the manifest root and on ``start`` (a multiple of shard_rows), so it is stable across runs."""
+
+    shard_id: str
+    file: str
+    start: int
+    stop: int
+
+    @property
+    def num_rows(self) -> int:
+        return self.stop - self.start
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    root: str
+    files: tuple[str, ...]
+    rows_per_file: tuple[int, ...]
+    columns: tuple[str, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.rows_per_file)
+
+
+def id_problem(image_id: object) -> str | None:
+    """Why ``image_id`` cannot name an output object, or None. Ids may contain '/' (sub-folders)
+    but must stay inside the output prefix."""
+    if not isinstance(image_id, str):
+        return "image_id is null"
+    if not image_id:
+        return "image_id is empty"
+    if len(image_id) > MAX_ID_LENGTH:
+        return f"image_id longer than {MAX_ID_LENGTH} characters"
+    if _CONTROL.search(image_id):
+        return "image_id contains control characters"
+    if image_id.startswith("/") or "\\" in image_id or re.match(r"^[A-Za-z]:", image_id):
+        return "image_id is an absolute path"
+    if any(part in ("", ".", "..") for part in image_id.split("/")):
+        return "image_id has an empty, '.' or '..' path component (would escape the output prefix)"
+    return None
+
+
+def manifest_files(uri: str, options) -> tuple[str, list[str]]:
+    """(root, sorted Parquet files) for a file or a prefix."""
+    if uri.endswith(".parquet") and storage.exists(uri, options):
+        root = uri.rsplit("/", 1)[0] if "/" in uri else "."
+        return root, [uri]
+    files = storage.list_files(uri, options, suffix=".parquet")
+    if not files:
+        raise ManifestError(f"{uri}: no Parquet manifest file found")
+    return uri.rstrip("/"), files
+
+
+def _string_type(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _check_schema(path: str, schema: pa.Schema) -> None:
+    problems = []
+    for name in REQUIRED:
+        if name not in schema.names:
+            problems.append(f"missing required column '{name}'")
+        elif not _string_type(schema.field(name).type):
+            problems.append(f"column '{name}' must be string, got {schema.field(name).type}")
+    if "reference_uri" in schema.names and not _string_type(schema.field("reference_uri").type):
+        problems.append(f"column 'reference_uri' must be string, got {schema.field('reference_uri').type}")
+    if "hints" in schema.names:
+        t = schema.field("hints").type
+        ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type) and \
+            {"x", "y", "a", "b"} <= {t.value_type.field(i).name for i in range(t.value_type.num_fields)}
+        if not ok:
+            problems.append(f"column 'hints' must be list<struct<x, y, a, b>>, got {t}")
+    if problems:
+        raise ManifestError(f"{path}: " + "; ".join(problems))
+
+
+def validate(uri: str, options) -> ManifestInfo:
+    """Check schema, id safety and uniqueness across all files. Raises ManifestError naming rows."""
+    root, files = manifest_files(uri, options)
+    seen: dict[str, tuple[str, int]] = {}
+    problems: list[str] = []
+    rows_per_file = []
+    columns: set[str] = set()
+    for path in files:
+        fs, p = storage.filesystem(path, options)
+        with fs.open(p, "rb") as f:
+            pf = pq.ParquetFile(f)
+            schema = pf.schema_arrow
+            _check_schema(path, schema)
+            columns.update(c for c in (*REQUIRED, *OPTIONAL) if c in schema.names)
+            rows_per_file.append(pf.metadata.num_rows)
+            cols = ["image_id", "uri"]
+            row = 0
+            for batch in pf.iter_batches(columns=cols, batch_size=65536):
+                ids = batch.column(0).to_pylist()
+                uris = batch.column(1).to_pylist()
+                for image_id, u in zip(ids, uris):
+                    where = f"{path} row {row}"
+                    reason = id_problem(image_id)
+                    if reason is None and not u:
+                        reason = "uri is null or empty"
+                    if reason is None and image_id in seen:
+                        other = seen[image_id]
+                        reason = f"duplicate image_id {image_id!r} (first at {other[0]} row {other[1]})"
+                    if reason is not None:
+                        problems.append(f"{where}: {reason}" + ("" if "duplicate" in reason else f" ({image_id!r})"))
+                    else:
+                        seen[image_id] = (path, row)
+                    row += 1
+    if problems:
+        shown = "\n  ".join(problems[:MAX_REPORTED])
+        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+        raise ManifestError(f"manifest {uri} rejected, {len(problems)} bad row(s):\n  {shown}{more}")
+    return ManifestInfo(root, tuple(files), tuple(rows_per_file), tuple(sorted(columns)))
+
+
+def _relative_name(root: str, path: str) -> str:
+    rel = path[len(root):].lstrip("/") if path.startswith(root) else path.rsplit("/", 1)[-1]
+    return rel or path.rsplit("/", 1)[-1]
+
+
+def plan_shards(info: ManifestInfo, shard_rows: int, limit: int | None = None) -> list[Shard]:
+    shards = []
+    budget = limit if limit is not None else float("inf")
+    for path, n in zip(info.files, info.rows_per_file):
+        rel = _relative_name(info.root, path)
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", rel.removesuffix(".parquet"))[:80]
+        tag = hashlib.sha1(rel.encode()).hexdigest()[:8]
+        for start in range(0, n, shard_rows):
+            if budget <= 0:
+                return shards
+            stop = int(min(n, start + shard_rows, start + budget))
+            shards.append(Shard(f"{stem}-{tag}-{start // shard_rows:07d}", path, start, stop))
+            budget -= stop - start
+    return shards
+
+
+def read_shard(shard: Shard, options, columns: tuple[str, ...]) -> pa.Table:
+    """The shard's rows, reading only the row groups that overlap it."""
+    fs, p = storage.filesystem(shard.file, options)
+    with fs.open(p, "rb") as f:
+        pf = pq.ParquetFile(f)
+        groups, offset, first = [], 0, None
+        for i in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(i).num_rows
+            if offset < shard.stop and offset + n > shard.start:
+                groups.append(i)
+                first = offset if first is None else first
+            offset += n
+        table = pf.read_row_groups(groups, columns=list(columns))
+    return table.slice(shard.start - first, shard.num_rows)

@@ -1,0 +1,107 @@
+"""Self-describing checkpoints: ``weights.pt`` (a plain state dict) beside ``model.json``.
+
+``model.json`` names the registry architecture and the arguments it was built with, the input size,
+the preprocessing and whatever the training job records (data manifest, step, metrics), so the
+colorize and evaluate jobs rebuild the model from the URI alone, local or ``s3://``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from .weights import WeightsError, _torch_load, load_into
+
+FORMAT = "colorize-checkpoint/1"
+META_FILE = "model.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+def is_checkpoint_uri(spec: str) -> bool:
+    """Registry names are bare words; anything path-like names a checkpoint directory."""
+    return "/" in spec or spec.startswith(("s3://", ".", "~"))
+
+
+def save_checkpoint(uri: str, module: nn.Module, *, architecture: str, arguments: dict[str, Any],
+                    input_size: tuple[int, int], storage_options=None, **meta: Any) -> str:
+    from colorize_core import storage
+
+    options = storage_options or storage.StorageOptions.from_env()
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
+    record = {
+        "format": FORMAT,
+        "architecture": architecture,
+        "arguments": arguments,
+        "input_size": list(input_size),
+        "preprocessing": {"input": "CIE Lab L in [0, 100], resized bicubic to input_size",
+                          "output": "ab in Lab units, upsampled bilinear to full resolution"},
+        **meta,
+    }
+    # Weights first, description last: a model.json only exists beside complete weights.
+    storage.write_bytes(storage.join(uri, WEIGHTS_FILE), buf.getvalue(), options)
+    storage.write_bytes(storage.join(uri, META_FILE), json.dumps(record, indent=2, default=str).encode(), options)
+    return uri
+
+
+def read_checkpoint_meta(uri: str, storage_options=None) -> dict[str, Any]:
+    from colorize_core import storage
+
+    options = storage_options or storage.StorageOptions.from_env()
+    try:
+        meta = json.loads(storage.read_bytes(storage.join(uri, META_FILE), options))
+    except FileNotFoundError:
+        raise WeightsError(f"{uri}: not a checkpoint directory (no {META_FILE})") from None
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{uri}/{META_FILE}: unknown checkpoint format {meta.get('format')!r}")
+    return meta
+
+
+def load_checkpoint(uri: str, storage_options=None) -> tuple[nn.Module, dict[str, Any]]:
+    from colorize_core import storage
+
+    from .registry import get_entry
+
+    options = storage_options or storage.StorageOptions.from_env()
+    meta = read_checkpoint_meta(uri, options)
+    entry = get_entry(meta["architecture"])
+    module = entry.builder(**meta.get("arguments", {}))
+    weights_uri = storage.join(uri, WEIGHTS_FILE)
+    try:
+        data = storage.read_bytes(weights_uri, options)
+    except FileNotFoundError:
+        raise WeightsError(f"{weights_uri}: weights file not found") from None
+    load_into(module, _torch_load(io.BytesIO(data), weights_uri), weights_uri)
+    return module.eval(), meta
+
+
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+def save_train_state(uri: str, state: dict[str, Any], storage_options=None) -> None:
+    """Optimizer (and GAN discriminator) state beside a checkpoint's weights, for resuming training.
+
+    Written before ``model.json`` by the training job, so a checkpoint that describes itself is also
+    resumable. Inference never reads it."""
+    from colorize_core import storage
+
+    options = storage_options or storage.StorageOptions.from_env()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    storage.write_bytes(storage.join(uri, TRAIN_STATE_FILE), buf.getvalue(), options)
+
+
+def load_train_state(uri: str, storage_options=None) -> dict[str, Any] | None:
+    """The training state saved beside a checkpoint, or None if it has none (an inference-only copy)."""
+    from colorize_core import storage
+
+    options = storage_options or storage.StorageOptions.from_env()
+    try:
+        data = storage.read_bytes(storage.join(uri, TRAIN_STATE_FILE), options)
+    except FileNotFoundError:
+        return None
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

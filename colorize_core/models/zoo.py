@@ -1,0 +1,129 @@
+"""The built-in registry entries. Parameter counts are contracts checked by tests against the modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .eccv16 import ECCV16Colorizer
+from .registry import ModelEntry, register_model
+from .siggraph17 import SIGGRAPH17Colorizer
+from .pix2pix import Pix2PixGenerator
+from .unet import CompactColorizer, UNetColorizer
+from .vgg_autoencoder import VGGAutoencoder
+from .weights import WeightsSpec
+
+_RELEASE_META = {
+    "license": "BSD-2-Clause (richzhang/colorization)",
+    "l_cent": 50.0,
+    "l_norm": 100.0,
+    "ab_norm": 110.0,
+}
+
+ECCV16 = register_model(
+    ModelEntry(
+        name="eccv16",
+        builder=ECCV16Colorizer,
+        input_size=(256, 256),
+        num_params=32_236_011,
+        description="Classification over 313 ab bins, softmax expectation (optionally annealed).",
+        paper="Zhang, Isola, Efros. Colorful Image Colorization. ECCV 2016.",
+        weights={
+            "official": WeightsSpec(
+                uri="https://colorizers.s3.us-east-2.amazonaws.com/colorization_release_v2-9b330a0b.pth",
+                sha256="9b330a0b",
+                num_bytes=128_976_165,
+                input_size=(256, 256),
+                meta={**_RELEASE_META, "gflops_256": 83.6},
+            )
+        },
+    )
+)
+
+SIGGRAPH17 = register_model(
+    ModelEntry(
+        name="siggraph17",
+        builder=SIGGRAPH17Colorizer,
+        input_size=(256, 256),
+        num_params=34_187_027,
+        description="U-Net with ab colour hints and mask (automatic when no hints are given).",
+        paper="Zhang, Zhu, Isola, Geng, Lin, Yu, Efros. Real-Time User-Guided Image Colorization with "
+              "Learned Deep Priors. SIGGRAPH 2017.",
+        accepts_hints=True,
+        weights={
+            "official": WeightsSpec(
+                uri="https://colorizers.s3.us-east-2.amazonaws.com/siggraph17-df00044c.pth",
+                sha256="df00044c",
+                num_bytes=136_787_426,
+                input_size=(256, 256),
+                meta={**_RELEASE_META, "gflops_256": 150.0},
+            )
+        },
+    )
+)
+
+# --- Trainable architectures (jobs/train.py). Random init by default; train them or pass a checkpoint.
+
+UNET = register_model(
+    ModelEntry(
+        name="unet",
+        builder=UNetColorizer,
+        input_size=(256, 256),
+        num_params=8_632_898,
+        description="U-Net regressing ab from L (tanh * 110 head), trained with L1/MSE by jobs.train.",
+        paper="Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+              "MICCAI 2015.",
+    )
+)
+
+# The bundled compact weights ship inside the package (colorize_core/assets/compact/, produced by
+# configs/train-compact.yaml); the digest below is checked every time they are loaded.
+COMPACT_WEIGHTS_PATH = Path(__file__).resolve().parent.parent / "assets" / "compact" / "weights.pt"
+COMPACT_SHA256 = ""
+COMPACT_NUM_BYTES = 0
+COMPACT_META: dict = {}
+_COMPACT_WEIGHTS = {
+    "bundled": WeightsSpec(
+        uri=str(COMPACT_WEIGHTS_PATH),
+        sha256=COMPACT_SHA256,
+        num_bytes=COMPACT_NUM_BYTES,
+        input_size=CompactColorizer.input_size,
+        meta=COMPACT_META,
+    )
+} if COMPACT_SHA256 and COMPACT_WEIGHTS_PATH.is_file() else {}
+
+COMPACT = register_model(
+    ModelEntry(
+        name="compact",
+        builder=CompactColorizer,
+        input_size=CompactColorizer.input_size,
+        num_params=1_422_114,
+        description="Small U-Net (base 16, depth 4, max 128 channels) shipped with bundled weights; CPU-friendly.",
+        paper="Ronneberger, Fischer, Brox. U-Net. MICCAI 2015 (architecture); weights trained by this project.",
+        weights=_COMPACT_WEIGHTS,
+        default_weights="bundled" if _COMPACT_WEIGHTS else None,
+    )
+)
+
+PIX2PIX = register_model(
+    ModelEntry(
+        name="pix2pix",
+        builder=Pix2PixGenerator,
+        input_size=(256, 256),
+        num_params=54_409_858,
+        description="pix2pix U-Net-256 generator (dropout as noise, off at inference); trained against a "
+                    "70x70 PatchGAN with adversarial + 100 * L1 loss.",
+        paper="Isola, Zhu, Zhou, Efros. Image-to-Image Translation with Conditional Adversarial Networks. CVPR 2017.",
+    )
+)
+
+VGG_AUTOENCODER = register_model(
+    ModelEntry(
+        name="vgg_autoencoder",
+        builder=VGGAutoencoder,
+        input_size=(224, 224),
+        num_params=37_281_602,
+        description="VGG-19 encoder (torchvision `features` layout, loads ImageNet weights with RGB filters "
+                    "summed to one channel) + skip-connected upsampling decoder predicting ab.",
+        paper="Simonyan, Zisserman. Very Deep Convolutional Networks for Large-Scale Image Recognition. ICLR 2015.",
+    )
+)

@@ -1,0 +1,98 @@
+"""The one place that turns per-batch stages into Ray Data operators.
+
+CPU stages run as Ray tasks (stateless, cheap setup); the inference stage runs in an actor pool, one
+model replica per actor, with one GPU each when the cluster has GPUs. Resource defaults come from the
+cluster so the same command fits a laptop and a GPU cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import ray
+
+from .config import ColorizeConfig
+
+def _run_cpu_stage(batch, stage):
+    """Task body. CPU stages have trivial setup, so each task sets its (deserialised) copy up."""
+    stage.setup()
+    return stage(batch)
+
+
+class _ActorStage:
+    """Actor body: holds one set-up stage (a model replica) for its lifetime."""
+
+    def __init__(self, stage):
+        stage.setup()
+        self.stage = stage
+
+    def __call__(self, batch):
+        return self.stage(batch)
+
+
+@dataclass(frozen=True)
+class Resources:
+    device: str
+    num_actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    threads: int
+    cpu_concurrency: int | None
+
+
+def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None) -> Resources:
+    """Derive pool sizes from the cluster: one replica per GPU; on CPU-only clusters one replica per
+    16 CPUs, reserving at most half the CPUs for inference so decode and compose keep up."""
+    cluster = cluster if cluster is not None else ray.cluster_resources()
+    cpus = max(1, int(cluster.get("CPU", 1)))
+    gpus = int(cluster.get("GPU", 0))
+    inf = cfg.inference
+    device = inf.device if inf.device != "auto" else ("cuda" if gpus else "cpu")
+    if device == "cuda" and not gpus:
+        raise RuntimeError("inference.device is 'cuda' but the Ray cluster has no GPU")
+    if device == "cuda":
+        num_actors = inf.num_actors or gpus
+        cpus_per_actor = inf.cpus_per_actor or 1
+        gpus_per_actor = 1.0
+    else:
+        num_actors = inf.num_actors or max(1, cpus // 16)
+        cpus_per_actor = inf.cpus_per_actor or max(1, (cpus // 2) // num_actors)
+        gpus_per_actor = 0.0
+    if device == "cpu" and num_actors * cpus_per_actor >= cpus:
+        raise RuntimeError(
+            f"{num_actors} inference actor(s) x {cpus_per_actor} CPUs leave no CPU for the decode and "
+            f"compose stages on a {cpus}-CPU cluster; lower inference.num_actors or cpus_per_actor")
+    threads = inf.threads or max(1, math.floor(cpus_per_actor))
+    return Resources(device, num_actors, cpus_per_actor, gpus_per_actor, threads, cfg.cpu.concurrency)
+
+
+def build_dataset(shards: Iterable[dict], expand, decode, infer, compose, cfg: ColorizeConfig,
+                  res: Resources) -> ray.data.Dataset:
+    """shards -> rows -> (decode) -> (inference actors) -> (compose, write, score) -> metrics rows."""
+    shards = list(shards)
+    ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
+    cpu_args: dict[str, Any] = {"num_cpus": 1}
+    if res.cpu_concurrency:
+        cpu_args["compute"] = ray.data.TaskPoolStrategy(size=res.cpu_concurrency)
+    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": expand}, batch_size=1, batch_format="numpy",
+                        **cpu_args)
+    # Declaring the memory a decode needs also keeps Ray Data from fusing decode into the inference
+    # actors (it fuses a task stage into a following actor stage whose remote args match, as on
+    # CPU-only clusters): decoding must overlap inference, not queue behind it in the same process.
+    image_args = {**cpu_args, "memory": cfg.cpu.memory_per_task}
+    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": decode}, batch_size=cfg.cpu.batch_size,
+                        batch_format="numpy", **image_args)
+    ds = ds.map_batches(
+        _ActorStage,
+        fn_constructor_kwargs={"stage": infer},
+        batch_size=cfg.inference.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=res.num_actors),
+        num_cpus=res.cpus_per_actor,
+        num_gpus=res.gpus_per_actor or None,
+    )
+    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": compose}, batch_size=cfg.cpu.batch_size,
+                        batch_format="numpy", **image_args)
+    return ds

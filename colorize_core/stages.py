@@ -1,0 +1,366 @@
+"""Per-batch stages of the colorize pipeline: plain callables on ``dict[str, np.ndarray]`` batches.
+
+Each stage is a dataclass (its fields are its config, so it pickles to any worker) with ``setup()``
+for per-process state (the model, a filesystem) and ``__call__(batch)``. The Ray adapter is the only
+code that knows these run inside Ray Data; tests call them on plain dicts.
+
+Data flow, and why: the CPU ``DecodeStage`` fetches and decodes each image and sends only the
+model-size L (256x256 float32 = 256 KiB) onward; the ``InferenceStage`` returns model-size ab; the
+CPU ``ComposeStage`` fetches the source again (one extra GET, instead of shipping full-resolution
+pixels through the inference actors, which on a real cluster sit on other, GPU, nodes), joins the
+upsampled ab with the original full-resolution L, writes the image and scores it. A failure in any
+row becomes ``status='error'`` with a one-line reason; the batch carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import color, imageio, metrics, storage
+from .manifest import Shard, read_shard
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+
+METRIC_COLUMNS = ("image_id", "status", "error", "model", "width", "height", "psnr", "ssim", "rmse",
+                  "colorfulness", "deltae2000", "seconds", "metrics_against")
+MAX_ERROR_CHARS = 300
+
+
+def short_error(exc: BaseException, prefix: str = "") -> str:
+    """A one-line reason for an error row: never a traceback, never unbounded."""
+    if isinstance(exc, FileNotFoundError):
+        text = f"missing object: {exc.filename or exc}" if getattr(exc, "filename", None) else f"missing object: {exc}"
+    elif isinstance(exc, imageio.ImageDecodeError):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = (prefix + text).replace("\n", " ").strip()
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def output_key(output: str, image_id: str, fmt: str) -> str:
+    """Where an image's result goes: a pure function of the manifest row (resume depends on it)."""
+    return storage.join(output, "images", f"{image_id}.{imageio.FORMAT_EXTENSIONS[fmt]}")
+
+
+def _obj_column(values: list[Any]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+def _text(value: Any) -> str | None:
+    """A string cell, or None: Ray hands back all-null object columns as NaN floats."""
+    return value if isinstance(value, str) and value else None
+
+
+def resize_to_l(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """L of the image resized (bicubic) to ``size`` = (H, W), as the released models were fed."""
+    h, w = size
+    if rgb.dtype == np.uint8:
+        small = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BICUBIC))
+    else:  # 16-bit: resize each channel in float to keep the precision
+        f = imageio.to_float01(rgb)
+        small = np.stack([np.asarray(Image.fromarray(f[..., c], mode="F").resize((w, h), Image.BICUBIC))
+                          for c in range(3)], axis=-1).clip(0, 1)
+    return color.srgb_to_l(small).astype(np.float32)
+
+
+def paint_hints(hints: Any, size: tuple[int, int], radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """SIGGRAPH17 hint map and mask at model size from [{x, y, a, b}] with x, y in [0, 1]."""
+    h, w = size
+    ab = np.zeros((2, h, w), np.float32)
+    mask = np.zeros((1, h, w), np.float32)
+    if hints is None or isinstance(hints, float):  # null cell (NaN once through Ray)
+        hints = ()
+    for hint in hints:
+        x, y = float(hint["x"]), float(hint["y"])
+        if not (0 <= x <= 1 and 0 <= y <= 1) or any(math.isnan(v) for v in (x, y, hint["a"], hint["b"])):
+            raise ValueError(f"hint outside the image: {dict(hint)}")
+        cx, cy = min(int(x * w), w - 1), min(int(y * h), h - 1)
+        ys, xs = slice(max(cy - radius, 0), cy + radius + 1), slice(max(cx - radius, 0), cx + radius + 1)
+        ab[0, ys, xs], ab[1, ys, xs] = float(hint["a"]), float(hint["b"])
+        mask[0, ys, xs] = 1.0
+    return ab, mask
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    if rgb.dtype == np.uint8:
+        return rgb
+    return np.clip(np.rint(rgb.astype(np.float32) / 257.0), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class ExpandShards:
+    """Shard descriptors -> manifest rows tagged with their shard (the manifest is never loaded whole)."""
+
+    options: storage.StorageOptions
+    columns: tuple[str, ...]
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, batch: Batch) -> Batch:
+        tables = []
+        for i in range(len(batch["shard_id"])):
+            shard = Shard(str(batch["shard_id"][i]), str(batch["file"][i]), int(batch["start"][i]),
+                          int(batch["stop"][i]))
+            t = read_shard(shard, self.options, self.columns)
+            tables.append(t.append_column("shard_id", [[shard.shard_id] * t.num_rows]))
+        out: Batch = {}
+        for name in (*self.columns, "shard_id"):
+            out[name] = _obj_column([v for t in tables for v in t.column(name).to_pylist()])
+        return out
+
+
+@dataclass
+class DecodeStage:
+    """Fetch + decode + model-size L (and hint maps). Rows whose output already exists (a resumed run)
+    are marked ``reuse`` and not decoded here: the compose stage scores the existing file instead."""
+
+    options: storage.StorageOptions
+    output: str
+    output_format: str
+    input_size: tuple[int, int]
+    accepts_hints: bool = False
+    hint_radius: int = 2
+    max_pixels: int = imageio.DEFAULT_MAX_PIXELS
+    check_existing: bool = False
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["image_id"])
+        h, w = self.input_size
+        l_model = np.zeros((n, 1, h, w), np.float32)
+        hint_ab = np.zeros((n, 2, h, w), np.float32) if self.accepts_hints else None
+        hint_mask = np.zeros((n, 1, h, w), np.float32) if self.accepts_hints else None
+        status, error, reuse, seconds = [], [], np.zeros(n, bool), np.zeros(n, np.float64)
+        for i in range(n):
+            t0 = time.perf_counter()
+            image_id, uri = batch["image_id"][i], batch["uri"][i]
+            try:
+                if self.check_existing and storage.exists(
+                        output_key(self.output, image_id, self.output_format), self.options):
+                    reuse[i] = True
+                else:
+                    decoded = imageio.decode_image(storage.read_bytes(uri, self.options), max_pixels=self.max_pixels)
+                    l_model[i, 0] = resize_to_l(decoded.rgb, self.input_size)
+                    if self.accepts_hints and "hints" in batch:
+                        hint_ab[i], hint_mask[i] = paint_hints(batch["hints"][i], self.input_size, self.hint_radius)
+                status.append("ok")
+                error.append(None)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this row's error
+                status.append("error")
+                error.append(short_error(exc))
+            seconds[i] = time.perf_counter() - t0
+        out = {k: v for k, v in batch.items() if k != "hints"}
+        out.update(l=l_model, status=_obj_column(status), error=_obj_column(error), reuse=reuse, seconds=seconds)
+        if self.accepts_hints:
+            out.update(hint_ab=hint_ab, hint_mask=hint_mask)
+        return out
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - older builds lack the probe
+        return False
+
+
+@dataclass
+class InferenceStage:
+    """Holds one model replica; batched forward on model-size L. Returns model-size ab."""
+
+    model: str
+    weights: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    options: storage.StorageOptions | None = None
+    device: str = "cpu"
+    precision: str = "auto"
+    max_precision_error: float = 1.0
+    channels_last: bool = True
+    threads: int | None = None
+    batch_size: int = 16
+
+    def setup(self) -> None:
+        from .models import load_model
+
+        if self.device == "cpu" and self.threads:
+            torch.set_num_threads(self.threads)
+        module, self.info = load_model(self.model, self.weights, storage_options=self.options, **self.model_kwargs)
+        self.torch_device = torch.device(self.device)
+        module = module.to(self.torch_device)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        self.active_precision, self.precision_error = self._choose_precision()
+        log.info("inference replica ready: %s on %s, %s (mean |ab| diff vs fp32 %.4f)", self.info.name,
+                 self.device, self.active_precision, self.precision_error)
+
+    def _autocast(self, precision: str):
+        if precision == "fp32":
+            return torch.autocast(self.torch_device.type, enabled=False)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.torch_device.type, dtype=dtype)
+
+    def _probe(self) -> torch.Tensor:
+        """A deterministic, textured L image at model size: gradients, edges and noise."""
+        h, w = self.info.input_size
+        yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+        g = torch.Generator().manual_seed(0)
+        img = 50 + 35 * torch.sin(12 * xx) * torch.cos(9 * yy) + 10 * torch.rand(h, w, generator=g)
+        img[h // 4: h // 2, w // 4: w // 2] = 90
+        return img.clamp(0, 100)[None, None].repeat(2, 1, 1, 1)
+
+    def _choose_precision(self) -> tuple[str, float]:
+        wanted = self.precision
+        if wanted == "auto":
+            if self.torch_device.type == "cuda":
+                wanted = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            else:
+                wanted = "bf16" if cpu_supports_bf16() else "fp32"
+        if wanted == "fp32":
+            return "fp32", 0.0
+        probe = self._probe()
+        ref = self._forward(probe, None, None, "fp32")
+        low = self._forward(probe, None, None, wanted)
+        err = float((ref - low).abs().mean())
+        if not math.isfinite(err) or err > self.max_precision_error:
+            if self.precision != "auto":
+                raise RuntimeError(f"{wanted} changes the output by {err:.3f} ab units on average "
+                                   f"(> max_precision_error {self.max_precision_error}); use precision fp32")
+            log.warning("%s rejected: mean |ab| diff %.3f > %.3f; using fp32", wanted, err, self.max_precision_error)
+            return "fp32", err
+        return wanted, err
+
+    @torch.inference_mode()
+    def _forward(self, l, hint_ab, hint_mask, precision: str) -> torch.Tensor:
+        mf = torch.channels_last if self.channels_last else torch.contiguous_format
+        l = l.to(self.torch_device).contiguous(memory_format=mf)
+        with self._autocast(precision):
+            if self.info.accepts_hints and hint_ab is not None:
+                out = self.module(l, hint_ab.to(self.torch_device).contiguous(memory_format=mf),
+                                  hint_mask.to(self.torch_device).contiguous(memory_format=mf))
+            else:
+                out = self.module(l)
+        return out.float().cpu()
+
+    def __call__(self, batch: Batch) -> Batch:
+        t0 = time.perf_counter()
+        l = batch["l"]
+        n = len(l)
+        h, w = self.info.input_size
+        ab = np.zeros((n, 2, h, w), np.float32)
+        todo = np.flatnonzero((batch["status"] == "ok") & ~batch["reuse"].astype(bool))
+        for s in range(0, len(todo), self.batch_size):
+            idx = todo[s: s + self.batch_size]
+            hint_ab = torch.from_numpy(batch["hint_ab"][idx]) if "hint_ab" in batch else None
+            hint_mask = torch.from_numpy(batch["hint_mask"][idx]) if "hint_mask" in batch else None
+            ab[idx] = self._forward(torch.from_numpy(np.ascontiguousarray(l[idx])), hint_ab, hint_mask,
+                                    self.active_precision).numpy()
+        out = {k: v for k, v in batch.items() if k not in ("l", "hint_ab", "hint_mask")}
+        out["ab"] = ab
+        per_image = (time.perf_counter() - t0) / max(len(todo), 1)
+        out["seconds"] = batch["seconds"] + np.where(np.isin(np.arange(n), todo), per_image, 0.0)
+        return out
+
+
+def compose(l_full: np.ndarray, ab_model: np.ndarray, saturation: float = 1.0) -> np.ndarray:
+    """Full-resolution L [H,W] + model-size ab [2,h,w] -> sRGB uint8 [H,W,3].
+
+    ab is upsampled bilinearly; the original L is kept untouched, so the output's luminance and
+    geometry are the input's."""
+    H, W = l_full.shape
+    ab = torch.from_numpy(np.array(ab_model, dtype=np.float32))[None]  # a writable copy
+    if ab.shape[-2:] != (H, W):
+        ab = torch.nn.functional.interpolate(ab, size=(H, W), mode="bilinear", align_corners=False)
+    ab = ab[0].permute(1, 2, 0).numpy()
+    if saturation != 1.0:
+        ab = ab * saturation
+    lab = np.concatenate([l_full[..., None].astype(np.float32), ab], axis=-1)
+    return color.lab_to_srgb_uint8(lab)
+
+
+@dataclass
+class ComposeStage:
+    """Full-resolution output, encoded and written, scored from the written file; emits metrics rows."""
+
+    options: storage.StorageOptions
+    output: str
+    output_format: str = "jpeg"
+    quality: int = 95
+    saturation: float = 1.0
+    model_name: str = ""
+    max_pixels: int = imageio.DEFAULT_MAX_PIXELS
+
+    def setup(self) -> None:
+        pass
+
+    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        image_id = row["image_id"]
+        source = imageio.decode_image(storage.read_bytes(row["uri"], self.options), max_pixels=self.max_pixels)
+        key = output_key(self.output, image_id, self.output_format)
+        if row["reuse"]:
+            written = storage.read_bytes(key, self.options)
+        else:
+            rgb = compose(color.srgb_to_l(source.rgb), row["ab"], self.saturation)
+            written = imageio.encode_image(rgb, self.output_format, quality=self.quality)
+            storage.write_bytes(key, written, self.options)
+        result = imageio.decode_image(written, max_pixels=self.max_pixels).rgb
+        ref_uri = _text(row.get("reference_uri"))
+        against = None
+        reference = None
+        if ref_uri:
+            reference = to_uint8(imageio.decode_image(
+                storage.read_bytes(ref_uri, self.options), max_pixels=self.max_pixels).rgb)
+            against = "reference_uri"
+            if reference.shape != result.shape:
+                raise ValueError(f"reference is {reference.shape[1]}x{reference.shape[0]}, "
+                                 f"input is {result.shape[1]}x{result.shape[0]}")
+        elif not source.is_gray:
+            reference, against = to_uint8(source.rgb), "input"
+        m = metrics.compute_metrics(result, reference)
+        return {**m, "width": source.width, "height": source.height, "metrics_against": against}
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["image_id"])
+        rows: dict[str, list[Any]] = {c: [] for c in (*METRIC_COLUMNS, "shard_id")}
+        for i in range(n):
+            t0 = time.perf_counter()
+            row = {k: batch[k][i] for k in batch}
+            status, error = row["status"], row["error"]
+            values: dict[str, Any] = {}
+            if status == "ok":
+                try:
+                    values = self._one(row)
+                except Exception as exc:  # noqa: BLE001 - a bad image is a row, not a crash
+                    status, error = "error", short_error(exc)
+            rows["image_id"].append(row["image_id"])
+            rows["shard_id"].append(row["shard_id"])
+            rows["status"].append(status)
+            rows["error"].append(error)
+            rows["model"].append(self.model_name)
+            rows["seconds"].append(float(row["seconds"]) + time.perf_counter() - t0)
+            for c in ("width", "height", "psnr", "ssim", "rmse", "colorfulness", "deltae2000", "metrics_against"):
+                rows[c].append(values.get(c))
+        out: Batch = {}
+        for c, vals in rows.items():
+            if c in ("width", "height"):
+                out[c] = np.array([-1 if v is None else v for v in vals], np.int64)
+            elif c in ("psnr", "ssim", "rmse", "colorfulness", "deltae2000", "seconds"):
+                out[c] = np.array([np.nan if v is None else v for v in vals], np.float64)
+            else:
+                out[c] = _obj_column(vals)
+        return out

@@ -1,0 +1,268 @@
+"""Training building blocks: data, losses, one train step per architecture family, validation.
+
+Pure library code (no Ray): ``jobs/train.py`` runs these inside Ray Train workers, tests run them
+directly. Training data is a Parquet manifest of colour images (``image_id, uri``). The sets this
+project trains on are small (tens to thousands of images), so each worker decodes its shard once,
+keeps it as Lab, and samples random crops from memory; a crop takes a random square of
+``scale`` x the short side, resizes it to ``crop_size`` and flips it horizontally half of the time.
+Training at a random scale matters: at inference the whole image is resized to the model's input
+size, so the model must see whole-image statistics as well as close-ups.
+
+Losses are computed on ab / 110 (the range of sRGB ab), so L1, MSE and the pix2pix lambda have
+their usual magnitudes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import color
+from .models.eccv16 import AB_NORM
+
+LossName = Literal["l1", "mse", "gan"]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def read_manifest(uri: str, storage_options=None) -> list[dict[str, str]]:
+    """Rows ``{image_id, uri}`` of a Parquet manifest (a file or a prefix of files), in file order."""
+    from . import storage
+
+    table = storage.read_parquet_table(uri, storage_options, columns=["image_id", "uri"])
+    return table.to_pylist()
+
+
+def load_rgb_u8(uri: str, storage_options=None) -> np.ndarray:
+    """Decode one image to uint8 RGB [H,W,3] (16-bit sources are rounded to 8 bits)."""
+    from . import imageio, storage
+
+    img = imageio.decode_image(storage.read_bytes(uri, storage_options))
+    rgb = img.rgb
+    if rgb.dtype == np.uint16:
+        rgb = np.round(rgb.astype(np.float32) / 257.0).astype(np.uint8)
+    return rgb
+
+
+def rgb_to_lab_chw(rgb_u8: np.ndarray) -> np.ndarray:
+    """uint8 [H,W,3] -> float32 Lab [3,H,W]."""
+    return np.ascontiguousarray(color.srgb_to_lab(rgb_u8).transpose(2, 0, 1))
+
+
+@dataclass
+class LabImageSet:
+    """Decoded training images held as Lab tensors [3,H,W], with a sampler of augmented crops."""
+
+    images: list[torch.Tensor]
+    image_ids: list[str]
+
+    @classmethod
+    def from_manifest(cls, uri: str, *, rank: int = 0, world_size: int = 1, storage_options=None,
+                      min_side: int = 0) -> "LabImageSet":
+        """This worker's shard (rows ``rank::world_size``; every row if there are fewer rows than
+        workers). Images whose short side is below ``min_side`` are upscaled to it."""
+        rows = read_manifest(uri, storage_options)
+        if not rows:
+            raise ValueError(f"{uri}: the training manifest has no rows")
+        if len(rows) >= world_size:
+            rows = rows[rank::world_size]
+        images = []
+        for row in rows:
+            lab = torch.from_numpy(rgb_to_lab_chw(load_rgb_u8(row["uri"], storage_options)))
+            short = min(lab.shape[-2:])
+            if short < min_side:
+                lab = resize(lab[None], scale=min_side / short)[0]
+            images.append(lab)
+        return cls(images, [r["image_id"] for r in rows])
+
+    def sample(self, batch_size: int, crop_size: int, rng: np.random.Generator,
+               scale: tuple[float, float] = (0.3, 1.0), flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of (L [B,1,s,s], ab [B,2,s,s]) float32 random crops, ``s = crop_size``."""
+        crops = []
+        for _ in range(batch_size):
+            lab = self.images[int(rng.integers(len(self.images)))]
+            crops.append(random_crop(lab, crop_size, rng, scale=scale, flip=flip))
+        batch = torch.stack(crops)
+        return batch[:, :1].contiguous(), batch[:, 1:].contiguous()
+
+
+def resize(x: torch.Tensor, size: tuple[int, int] | None = None, scale: float | None = None) -> torch.Tensor:
+    """Bilinear (antialiased when shrinking) resize of [B,C,H,W]."""
+    if size is None:
+        h, w = x.shape[-2:]
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if tuple(size) == tuple(x.shape[-2:]):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def random_crop(lab: torch.Tensor, crop_size: int, rng: np.random.Generator, *,
+                scale: tuple[float, float] = (0.3, 1.0), flip: bool = True) -> torch.Tensor:
+    """A random square of side ``U(scale) * short side`` (at least ``crop_size``), resized to
+    ``crop_size`` and mirrored left-right with probability 1/2. [3,H,W] -> [3,s,s]."""
+    h, w = lab.shape[-2:]
+    short = min(h, w)
+    lo = max(min(crop_size, short), int(scale[0] * short))
+    hi = max(lo, int(scale[1] * short))
+    side = int(rng.integers(lo, hi + 1))
+    y = int(rng.integers(0, h - side + 1))
+    x = int(rng.integers(0, w - side + 1))
+    crop = resize(lab[None, :, y:y + side, x:x + side], size=(crop_size, crop_size))[0]
+    if flip and rng.random() < 0.5:
+        crop = crop.flip(-1)
+    return crop
+
+
+# --------------------------------------------------------------------------- losses and steps
+
+
+def regression_loss(pred_ab: torch.Tensor, ab: torch.Tensor, kind: str) -> torch.Tensor:
+    """L1 or MSE on ab / 110."""
+    if kind == "l1":
+        return F.l1_loss(pred_ab / AB_NORM, ab / AB_NORM)
+    if kind == "mse":
+        return F.mse_loss(pred_ab / AB_NORM, ab / AB_NORM)
+    raise ValueError(f"regression loss must be 'l1' or 'mse', got {kind!r}")
+
+
+@dataclass
+class TrainState:
+    """Everything a step mutates and a checkpoint must restore."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: str
+    discriminator: nn.Module | None = None
+    d_optimizer: torch.optim.Optimizer | None = None
+    gan_mode: str = "bce"
+    l1_lambda: float = 100.0
+    step: int = 0
+    epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer (and discriminator) state for ``train_state.pt``; the generator's weights go to
+        the checkpoint's ``weights.pt``."""
+        out: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "step": self.step, "epoch": self.epoch}
+        if self.discriminator is not None:
+            out["discriminator"] = unwrap(self.discriminator).state_dict()
+            out["d_optimizer"] = self.d_optimizer.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        if self.discriminator is not None and "discriminator" in state:
+            unwrap(self.discriminator).load_state_dict(state["discriminator"])
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper."""
+    return getattr(module, "module", module)
+
+
+def build_train_state(model: nn.Module, *, lr: float, loss: str = "l1", betas: tuple[float, float] = (0.9, 0.999),
+                      weight_decay: float = 0.0, discriminator: nn.Module | None = None, gan_mode: str = "bce",
+                      l1_lambda: float = 100.0) -> TrainState:
+    """Adam for regression models; for ``loss='gan'`` (pix2pix) Adam(beta1=0.5) on both networks, as
+    in the paper."""
+    if loss == "gan":
+        if discriminator is None:
+            raise ValueError("loss='gan' needs a discriminator (pix2pix.PatchDiscriminator)")
+        betas = (0.5, 0.999)
+        d_opt = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
+    else:
+        regression_loss(torch.zeros(1), torch.zeros(1), loss)  # validates the name
+        d_opt = None
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    return TrainState(model, opt, loss, discriminator, d_opt, gan_mode, l1_lambda)
+
+
+def train_step(state: TrainState, l: torch.Tensor, ab: torch.Tensor) -> dict[str, float]:
+    """One optimisation step on a batch; returns the losses as floats (``loss`` is the generator's)."""
+    state.model.train()
+    if state.loss == "gan":
+        from .models.pix2pix import discriminator_loss, generator_loss
+
+        state.discriminator.train()
+        fake = state.model(l)
+        # Discriminator: real (L, ab) vs generated (L, fake ab), generator detached.
+        state.d_optimizer.zero_grad(set_to_none=True)
+        d_loss = discriminator_loss(state.discriminator, l, ab, fake.detach(), mode=state.gan_mode)
+        d_loss.backward()
+        state.d_optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        g_adv, g_l1 = generator_loss(state.discriminator, l, ab, fake, mode=state.gan_mode)
+        g_loss = g_adv + state.l1_lambda * g_l1
+        g_loss.backward()
+        state.optimizer.step()
+        out = {"loss": g_loss.item(), "g_adv": g_adv.item(), "l1": g_l1.item(), "d_loss": d_loss.item()}
+    else:
+        state.optimizer.zero_grad(set_to_none=True)
+        loss = regression_loss(state.model(l), ab, state.loss)
+        loss.backward()
+        state.optimizer.step()
+        out = {"loss": loss.item()}
+    state.step += 1
+    return out
+
+
+# --------------------------------------------------------------------------- inference and validation
+
+
+@torch.no_grad()
+def colorize_rgb(model: nn.Module, rgb_u8: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Full-resolution colorization of one image's luminance: L resized to ``input_size`` -> model ->
+    ab upsampled bilinear to full size -> joined with the original L -> uint8 sRGB [H,W,3]."""
+    lab = torch.from_numpy(rgb_to_lab_chw(rgb_u8))[None]  # [1,3,H,W]
+    l_small = F.interpolate(lab[:, :1], size=tuple(input_size), mode="bicubic", align_corners=False,
+                            antialias=True).clamp(0, 100)
+    model.eval()
+    ab = model(l_small)
+    ab = F.interpolate(ab, size=lab.shape[-2:], mode="bilinear", align_corners=False)
+    out = torch.cat([lab[:, :1], ab], dim=1)[0].permute(1, 2, 0).numpy()
+    return color.lab_to_srgb_uint8(out)
+
+
+def gray_rgb(rgb_u8: np.ndarray) -> np.ndarray:
+    """The gray baseline: the original L with ab = 0."""
+    lab = color.srgb_to_lab(rgb_u8)
+    lab[..., 1:] = 0
+    return color.lab_to_srgb_uint8(lab)
+
+
+def evaluate(model: nn.Module | None, images: Iterable[tuple[str, np.ndarray]], input_size: tuple[int, int]
+             ) -> list[dict[str, Any]]:
+    """Per-image PSNR / SSIM against the original and colorfulness of the result, with
+    :mod:`colorize_core.metrics`. ``model=None`` scores the gray baseline."""
+    from . import metrics
+
+    rows = []
+    for image_id, rgb in images:
+        pred = gray_rgb(rgb) if model is None else colorize_rgb(model, rgb, input_size)
+        rows.append({"image_id": image_id, "psnr": float(metrics.psnr(pred, rgb)),
+                     "ssim": float(metrics.ssim(pred, rgb)), "colorfulness": float(metrics.colorfulness(pred)),
+                     "colorfulness_ref": float(metrics.colorfulness(rgb))})
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Means over images (PSNR is averaged per image, the usual convention)."""
+    keys = ("psnr", "ssim", "colorfulness", "colorfulness_ref")
+    out = {k: float(np.mean([r[k] for r in rows])) if rows else math.nan for k in keys}
+    out["n"] = len(rows)
+    return out
+
+
+def load_images(uri: str, storage_options=None) -> list[tuple[str, np.ndarray]]:
+    """(image_id, uint8 RGB) for every row of a manifest, e.g. the held-out set."""
+    return [(r["image_id"], load_rgb_u8(r["uri"], storage_options)) for r in read_manifest(uri, storage_options)]

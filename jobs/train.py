@@ -1,0 +1,362 @@
+"""Train a registered colorizer with Ray Train (data-parallel ``TorchTrainer``).
+
+    python -m jobs.train --config configs/train-compact.yaml [--set max_steps=200 --set output=out/x]
+
+Output root layout (local or s3://), a pure function of the config:
+
+    config.json                     the resolved config (secrets masked)
+    checkpoints/step-000123/        model.json + weights.pt (loadable with load_model(uri)) + train_state.pt
+    latest                          text: the path of the newest complete checkpoint, relative to the root
+    metrics.csv, curves.png         per-epoch train loss and validation PSNR / SSIM / colourfulness
+
+Running the same command again resumes from ``latest`` (weights, optimizer, step); ``max_steps`` is a
+total budget, so a second run with a larger budget continues where the first stopped. Checkpoints are
+written by rank 0 straight to the output root rather than through Ray's checkpoint manager, so the
+layout does not depend on Ray's run directory and a fresh cluster resumes from the same URI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from colorize_core import storage, training
+from colorize_core.config import StorageConfig, load_yaml, merge
+from colorize_core.models import checkpoint, get_entry
+
+LATEST_FILE = "latest"
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "curves.png"
+CONFIG_FILE = "config.json"
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    architecture: str = Field(..., description="Registry name: unet, compact, pix2pix or vgg_autoencoder.")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the "
+                                      "architecture's builder (recorded in model.json to rebuild it).")
+    train_manifest: str = Field(..., description="Parquet manifest (image_id, uri) of colour training images.")
+    val_manifest: str | None = Field(None, description="Held-out manifest scored every epoch at full "
+                                     "resolution (PSNR/SSIM vs the originals). Never trained on.")
+    output: str = Field(..., description="Output root, local path or s3:// URI (checkpoints, metrics).")
+    epochs: int = Field(10, ge=1, description="Number of epochs; validation and a checkpoint after each.")
+    steps_per_epoch: int | None = Field(None, ge=1, description="Optimizer steps per epoch. Default: one "
+                                        "pass, i.e. ceil(train images / (batch_size * num_workers)); raise "
+                                        "it for small sets so validation does not dominate.")
+    max_steps: int | None = Field(None, ge=1, description="Total step budget across runs (stops early and "
+                                  "checkpoints; a rerun with a larger budget resumes).")
+    batch_size: int = Field(16, ge=1, description="Crops per worker per step (global = x num_workers).")
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate (pix2pix: 2e-4 with beta1 0.5, the paper's).")
+    weight_decay: float = Field(0.0, ge=0, description="Adam L2 weight decay (regression models only).")
+    crop_size: int | None = Field(None, ge=8, description="Training crop side. Default: the architecture's "
+                                  "declared input size; must be a multiple of its downsampling factor.")
+    crop_scale: tuple[float, float] = Field((0.3, 1.0), description="Crop side as a fraction of the short "
+                                            "side (random), before resizing to crop_size. 1.0 = whole image, "
+                                            "which is what inference sees.")
+    loss: Literal["l1", "mse", "gan"] | None = Field(None, description="Default: 'gan' (adversarial + "
+                                                     "l1_lambda * L1) for pix2pix, 'l1' otherwise. L1 gives "
+                                                     "less washed-out colour than MSE.")
+    gan_mode: Literal["bce", "lsgan"] = Field("bce", description="pix2pix adversarial loss: BCE-with-logits "
+                                              "(paper) or least squares (more stable on tiny sets).")
+    l1_lambda: float = Field(100.0, ge=0, description="pix2pix weight of the L1 term (paper: 100).")
+    encoder_weights: str | None = Field(None, description="vgg_autoencoder only: URI of torchvision's "
+                                        "ImageNet VGG-19 state dict loaded into the encoder before training.")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel, gloo on CPU, NCCL on GPU).")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="auto: one GPU per worker if the cluster has GPUs.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (its torch threads).")
+    val_max_images: int | None = Field(None, ge=1, description="Score only the first N held-out images.")
+    max_failures: int = Field(0, ge=0, description="Worker-group restarts Ray Train may make; each restart "
+                              "resumes from the latest checkpoint.")
+    seed: int = Field(0, description="Seeds initialisation and crop sampling (per worker: seed, rank, step).")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    def resolved_loss(self) -> str:
+        return self.loss or ("gan" if self.architecture == "pix2pix" else "l1")
+
+    def resolved_crop(self) -> int:
+        return self.crop_size or get_entry(self.architecture).input_size[0]
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """Relative local paths made absolute: Ray Train workers run in their own directories."""
+        import os
+
+        def fix(uri: str | None) -> str | None:
+            return uri if uri is None or "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+        return self.model_copy(update={k: fix(getattr(self, k)) for k in
+                                       ("train_manifest", "val_manifest", "output", "encoder_weights")})
+
+    def resolved(self) -> dict[str, Any]:
+        """JSON-safe config with secrets masked, written as config.json."""
+        data = self.model_dump(mode="json")
+        data["storage"]["access_key_id"] = "***" if self.storage.access_key_id else None
+        data["storage"]["secret_access_key"] = "***" if self.storage.secret_access_key else None
+        data["loss"], data["crop_size"] = self.resolved_loss(), self.resolved_crop()
+        return data
+
+
+# --------------------------------------------------------------------------- output layout
+
+
+def step_dir(step: int) -> str:
+    return f"checkpoints/step-{step:06d}"
+
+
+def latest_checkpoint(output: str, options) -> str | None:
+    """URI of the newest complete checkpoint under ``output``, or None."""
+    try:
+        rel = storage.read_bytes(storage.join(output, LATEST_FILE), options).decode().strip()
+    except FileNotFoundError:
+        return None
+    return storage.join(output, rel) if rel else None
+
+
+def read_metrics(output: str, options) -> list[dict[str, Any]]:
+    try:
+        text = storage.read_bytes(storage.join(output, METRICS_FILE), options).decode()
+    except FileNotFoundError:
+        return []
+    return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+
+
+def _num(v: str) -> Any:
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
+def write_metrics(output: str, rows: list[dict[str, Any]], options) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    storage.write_bytes(storage.join(output, METRICS_FILE), buf.getvalue().encode(), options)
+    storage.write_bytes(storage.join(output, CURVES_FILE), plot_curves(rows), options)
+
+
+def plot_curves(rows: list[dict[str, Any]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    steps = [r["step"] for r in rows]
+    axes[0].plot(steps, [r["train_loss"] for r in rows], marker=".")
+    axes[0].set(title="train loss", xlabel="step", yscale="log")
+    for ax, key in zip(axes[1:], ("val_psnr", "val_ssim")):
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), float) and not math.isnan(r[key])]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", label="model")
+        base = [r.get(key.replace("val_", "gray_")) for r in rows[:1]]
+        if base and isinstance(base[0], float):
+            ax.axhline(base[0], color="gray", ls="--", label="gray (ab = 0)")
+        ax.set(title=key.replace("val_", "held-out "), xlabel="step")
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the worker loop
+
+
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    entry = get_entry(cfg.architecture)
+    model = entry.builder(**cfg.arguments)
+    if cfg.encoder_weights:
+        if not hasattr(model, "load_encoder_weights"):
+            raise ValueError(f"encoder_weights is only for vgg_autoencoder, not {cfg.architecture!r}")
+        model.load_encoder_weights(cfg.encoder_weights, storage_options=cfg.storage.options())
+    return model
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker; ``loop_config = {"config": TrainConfig}``."""
+    cfg: TrainConfig = loop_config["config"]
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    options = cfg.storage.options()
+    loss_name, crop = cfg.resolved_loss(), cfg.resolved_crop()
+    entry = get_entry(cfg.architecture)
+
+    torch.manual_seed(cfg.seed)  # identical initialisation on every rank (DDP also broadcasts rank 0's)
+    model = build_model(cfg)
+    disc = None
+    if loss_name == "gan":
+        from colorize_core.models.pix2pix import PatchDiscriminator
+
+        disc = PatchDiscriminator()
+    resume = latest_checkpoint(cfg.output, options)
+    train_state = None
+    if resume:
+        module, meta = checkpoint.load_checkpoint(resume, options)
+        model.load_state_dict(module.state_dict())
+        train_state = checkpoint.load_train_state(resume, options)
+    model = ray.train.torch.prepare_model(model)
+    if disc is not None:
+        disc = ray.train.torch.prepare_model(disc)
+    state = training.build_train_state(model, lr=cfg.lr, loss=loss_name, weight_decay=cfg.weight_decay,
+                                       discriminator=disc, gan_mode=cfg.gan_mode, l1_lambda=cfg.l1_lambda)
+    if train_state is not None:
+        state.load_state_dict(train_state)
+    device = ray.train.torch.get_device()
+
+    data = training.LabImageSet.from_manifest(cfg.train_manifest, rank=rank, world_size=world,
+                                              storage_options=options, min_side=crop)
+    n_train = len(training.read_manifest(cfg.train_manifest, options))
+    spe = cfg.steps_per_epoch or max(1, math.ceil(n_train / (cfg.batch_size * world)))
+    total = cfg.epochs * spe if cfg.max_steps is None else min(cfg.epochs * spe, cfg.max_steps)
+
+    val_images, history, gray = [], [], {}
+    if rank == 0:
+        if cfg.val_manifest:
+            val_images = training.load_images(cfg.val_manifest, options)[: cfg.val_max_images]
+            gray = training.summarize(training.evaluate(None, val_images, entry.input_size))
+        history = [r for r in read_metrics(cfg.output, options) if r["step"] <= state.step]
+        print(f"[train] {cfg.architecture}: {'resuming at step ' + str(state.step) if resume else 'from scratch'}"
+              f" ({resume or cfg.output}); {total} steps, {spe}/epoch, {world} worker(s) x batch {cfg.batch_size}"
+              f" at {crop}px on {device}; {n_train} train / {len(val_images)} held-out images", flush=True)
+    if state.step >= total:
+        ray.train.report({"step": state.step, "epoch": state.epoch, "done": True})
+        return
+
+    while state.step < total:
+        epoch = state.step // spe
+        end = min((epoch + 1) * spe, total)
+        rng = np.random.default_rng([cfg.seed, rank, state.step])
+        t0, sums, n = time.monotonic(), {}, 0
+        while state.step < end:
+            l, ab = data.sample(cfg.batch_size, crop, rng, scale=tuple(cfg.crop_scale))
+            losses = training.train_step(state, l.to(device), ab.to(device))
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+        means = {k: v / n for k, v in sums.items()}
+        if world > 1:  # average the epoch's losses over workers
+            import torch.distributed as dist
+
+            t = torch.tensor([means[k] for k in sorted(means)], dtype=torch.float64)
+            dist.all_reduce(t)
+            means = dict(zip(sorted(means), (t / world).tolist()))
+        state.epoch = state.step // spe
+        record: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "train_loss": means.pop("loss"),
+                                  **{f"train_{k}": v for k, v in means.items()},
+                                  "seconds": round(time.monotonic() - t0, 2)}
+        if rank == 0:
+            net = training.unwrap(model)
+            if val_images:
+                val = training.summarize(training.evaluate(net, val_images, entry.input_size))
+                record.update({f"val_{k}": val[k] for k in ("psnr", "ssim", "colorfulness")})
+                record.update({f"gray_{k}": gray[k] for k in ("psnr", "ssim", "colorfulness")})
+            save(cfg, net, state, record, crop, n_train)
+            history.append(record)
+            write_metrics(cfg.output, history, options)
+            print("[train] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in record.items()), flush=True)
+        ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
+
+
+def save(cfg: TrainConfig, net: torch.nn.Module, state: training.TrainState, record: dict[str, Any],
+         crop: int, n_train: int) -> str:
+    """Checkpoint (weights, train state, then model.json last), then move ``latest`` to it."""
+    options = cfg.storage.options()
+    entry = get_entry(cfg.architecture)
+    uri = storage.join(cfg.output, step_dir(state.step))
+    checkpoint.save_train_state(uri, state.state_dict(), options)
+    checkpoint.save_checkpoint(
+        uri, net, architecture=cfg.architecture, arguments=cfg.arguments, input_size=entry.input_size,
+        storage_options=options, step=state.step, epoch=state.epoch, metrics=record,
+        data={"train_manifest": cfg.train_manifest, "val_manifest": cfg.val_manifest, "train_images": n_train,
+              "crop_size": crop, "crop_scale": list(cfg.crop_scale), "augment": "random resized crop + hflip"},
+        training={"loss": cfg.resolved_loss(), "lr": cfg.lr, "batch_size": cfg.batch_size,
+                  "num_workers": cfg.num_workers, "seed": cfg.seed},
+    )
+    storage.write_bytes(storage.join(cfg.output, LATEST_FILE), step_dir(state.step).encode(), options)
+    return uri
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
+    ap = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field (VALUE parsed as YAML), e.g. --set max_steps=100")
+    ap.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)")
+    args = ap.parse_args(argv)
+    data = load_yaml(args.config)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        data = merge(data, {key: yaml.safe_load(value)})
+    return TrainConfig.model_validate(data), args.ray_address
+
+
+def run(cfg: TrainConfig, ray_address: str | None = None) -> dict[str, Any]:
+    """Fit with TorchTrainer; returns the last reported metrics."""
+    import os
+
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = cfg.with_absolute_paths()
+    if not ray.is_initialized():
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    use_gpu = cfg.use_gpu if cfg.use_gpu != "auto" else ray.cluster_resources().get("GPU", 0) >= 1
+    options = cfg.storage.options()
+    storage.write_bytes(storage.join(cfg.output, CONFIG_FILE),
+                        json.dumps({**cfg.resolved(), "use_gpu": use_gpu}, indent=2).encode(), options)
+    run_config = RunConfig(
+        name="train",
+        storage_path=None if storage.is_s3(cfg.output) else os.path.abspath(os.path.join(cfg.output, "ray")),
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+    )
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=run_config,
+    )
+    t0 = time.monotonic()
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    print(f"[train] done in {time.monotonic() - t0:.0f}s; latest checkpoint: "
+          f"{latest_checkpoint(cfg.output, options)}", flush=True)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, ray_address = parse_args(argv)
+    run(cfg, ray_address)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
