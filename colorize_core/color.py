@@ -11,7 +11,7 @@ which on a 6-megapixel scan costs ~0.5 s and ~0.5 GB of temporaries.  The numpy 
 below is single-threaded numpy on cache-sized chunks (no BLAS, so no thread
 oversubscription inside a Ray worker): uint8/uint16 inputs are linearised through a
 lookup table, the 3x3 matrix is applied plane by plane and temporaries never exceed a
-couple of MB: ~9x faster than skimage on a 2000x3000 uint8 image, ~4x on float input.
+couple of MB: ~9-12x faster than skimage on a 2000x3000 uint8 image, 3-6x on float input.
 
 Layout: numpy functions are channel-last (``[..., 3]``, any leading dims) because that
 is how decoded images arrive; torch functions are channel-first batches

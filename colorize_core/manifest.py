@@ -77,14 +77,17 @@ def id_problem(image_id: object) -> str | None:
 
 
 def manifest_files(uri: str, options) -> tuple[str, list[str]]:
-    """(root, sorted Parquet files) for a file or a prefix."""
-    if uri.endswith(".parquet") and storage.exists(uri, options):
+    """(root, sorted Parquet files) for a file or a prefix (a directory named ``*.parquet`` is a prefix)."""
+    fs, path = storage.filesystem(uri, options)
+    if uri.endswith(".parquet") and fs.isfile(path):
         root = uri.rsplit("/", 1)[0] if "/" in uri else "."
         return root, [uri]
     files = storage.list_files(uri, options, suffix=".parquet")
     if not files:
         raise ManifestError(f"{uri}: no Parquet manifest file found")
-    return uri.rstrip("/"), files
+    # The root spelled as list_files spells the files (absolute local path, s3://bucket/key), so names
+    # relative to it, and the shard ids made from them, do not depend on how the prefix was typed.
+    return (storage.S3_SCHEME + path if storage.is_s3(uri) else path).rstrip("/"), files
 
 
 def _string_type(t: pa.DataType) -> bool:

@@ -2,14 +2,16 @@
 
 CPU stages run as Ray tasks (stateless, cheap setup); the inference stage runs in an actor pool, one
 model replica per actor, with one GPU each when the cluster has GPUs. Resource defaults come from the
-cluster so the same command fits a laptop and a GPU cluster.
+cluster so the same command fits a laptop and a GPU cluster. Evaluation chains one actor pool per model
+(``build_dataset`` with several inference stages); ``plan_resources(..., pools=k)`` shares the cluster
+between them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import ray
 
@@ -42,9 +44,14 @@ class Resources:
     cpu_concurrency: int | None
 
 
-def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None) -> Resources:
+def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None, pools: int = 1) -> Resources:
     """Derive pool sizes from the cluster: one replica per GPU; on CPU-only clusters one replica per
-    16 CPUs, reserving at most half the CPUs for inference so decode and compose keep up."""
+    16 CPUs, reserving at most half the CPUs for inference so decode and compose keep up.
+
+    ``pools`` inference pools (one per model, evaluation) split that share: on GPUs each pool gets
+    ``GPUs / pools`` replicas, or a fraction of one GPU per replica when there are fewer GPUs than
+    pools; on CPUs each replica gets a fractional CPU reservation where needed. ``cfg`` is any config
+    with ``inference`` and ``cpu`` sections."""
     cluster = cluster if cluster is not None else ray.cluster_resources()
     cpus = max(1, int(cluster.get("CPU", 1)))
     gpus = int(cluster.get("GPU", 0))
@@ -53,24 +60,30 @@ def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None)
     if device == "cuda" and not gpus:
         raise RuntimeError("inference.device is 'cuda' but the Ray cluster has no GPU")
     if device == "cuda":
-        num_actors = inf.num_actors or gpus
+        num_actors = inf.num_actors or max(1, gpus // pools)
         cpus_per_actor = inf.cpus_per_actor or 1
-        gpus_per_actor = 1.0
+        gpus_per_actor = min(1.0, gpus / (num_actors * pools))
     else:
         num_actors = inf.num_actors or max(1, cpus // 16)
-        cpus_per_actor = inf.cpus_per_actor or max(1, (cpus // 2) // num_actors)
+        share = (cpus // 2) / (num_actors * pools)
+        # Whole CPUs where there are enough; several pools on a small cluster share CPUs fractionally.
+        whole = pools == 1 or share >= 1
+        cpus_per_actor = inf.cpus_per_actor or (max(1, int(share)) if whole else max(share, 0.25))
         gpus_per_actor = 0.0
-    if device == "cpu" and num_actors * cpus_per_actor >= cpus:
+    if device == "cpu" and num_actors * cpus_per_actor * pools >= cpus:
         raise RuntimeError(
-            f"{num_actors} inference actor(s) x {cpus_per_actor} CPUs leave no CPU for the decode and "
-            f"compose stages on a {cpus}-CPU cluster; lower inference.num_actors or cpus_per_actor")
+            f"{pools} pool(s) x {num_actors} inference actor(s) x {cpus_per_actor} CPUs leave no CPU for the "
+            f"decode and compose stages on a {cpus}-CPU cluster; lower inference.num_actors or cpus_per_actor")
     threads = inf.threads or max(1, math.floor(cpus_per_actor))
     return Resources(device, num_actors, cpus_per_actor, gpus_per_actor, threads, cfg.cpu.concurrency)
 
 
-def build_dataset(shards: Iterable[dict], expand, decode, infer, compose, cfg: ColorizeConfig,
+def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[Any], compose, cfg: ColorizeConfig,
                   res: Resources) -> ray.data.Dataset:
-    """shards -> rows -> (decode) -> (inference actors) -> (compose, write, score) -> metrics rows."""
+    """shards -> rows -> (decode) -> (inference actors) -> (compose, write, score) -> metrics rows.
+
+    ``infer`` is one inference stage or several (evaluation): each gets its own actor pool, chained,
+    each adding its own ab column to the batch."""
     shards = list(shards)
     ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
     cpu_args: dict[str, Any] = {"num_cpus": 1}
@@ -84,15 +97,16 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer, compose, cfg: C
     image_args = {**cpu_args, "memory": cfg.cpu.memory_per_task}
     ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": decode}, batch_size=cfg.cpu.batch_size,
                         batch_format="numpy", **image_args)
-    ds = ds.map_batches(
-        _ActorStage,
-        fn_constructor_kwargs={"stage": infer},
-        batch_size=cfg.inference.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=res.num_actors),
-        num_cpus=res.cpus_per_actor,
-        num_gpus=res.gpus_per_actor or None,
-    )
+    for stage in infer if isinstance(infer, Sequence) else (infer,):
+        ds = ds.map_batches(
+            _ActorStage,
+            fn_constructor_kwargs={"stage": stage},
+            batch_size=cfg.inference.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=res.num_actors),
+            num_cpus=res.cpus_per_actor,
+            num_gpus=res.gpus_per_actor or None,
+        )
     ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": compose}, batch_size=cfg.cpu.batch_size,
                         batch_format="numpy", **image_args)
     return ds

@@ -10,6 +10,11 @@ CPU ``ComposeStage`` fetches the source again (one extra GET, instead of shippin
 pixels through the inference actors, which on a real cluster sit on other, GPU, nodes), joins the
 upsampled ab with the original full-resolution L, writes the image and scores it. A failure in any
 row becomes ``status='error'`` with a one-line reason; the batch carries on.
+
+Model evaluation (jobs/evaluate.py) reuses the same stages: one ``DecodeStage`` that emits the L of
+every distinct model input size, one ``InferenceStage`` per model (each reads its size's L column and
+adds its own ab column), then ``EvalComposeStage``, which composes, writes and scores every model's
+output (and the ``gray`` baseline, ab = 0) and emits one metrics row per (image, model).
 """
 
 from __future__ import annotations
@@ -64,16 +69,51 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def resize_to_l(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """L of the image resized (bicubic) to ``size`` = (H, W), as the released models were fed."""
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize to ``size`` = (H, W): uint8 stays uint8; 16-bit comes back as float in [0, 1]."""
     h, w = size
     if rgb.dtype == np.uint8:
-        small = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BICUBIC))
-    else:  # 16-bit: resize each channel in float to keep the precision
-        f = imageio.to_float01(rgb)
-        small = np.stack([np.asarray(Image.fromarray(f[..., c], mode="F").resize((w, h), Image.BICUBIC))
-                          for c in range(3)], axis=-1).clip(0, 1)
-    return color.srgb_to_l(small).astype(np.float32)
+        return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BICUBIC))
+    # 16-bit: resize each channel in float to keep the precision
+    f = imageio.to_float01(rgb)
+    return np.stack([np.asarray(Image.fromarray(f[..., c], mode="F").resize((w, h), Image.BICUBIC))
+                     for c in range(3)], axis=-1).clip(0, 1)
+
+
+def resize_to_l(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """L of the image resized (bicubic) to ``size`` = (H, W), as the released models were fed."""
+    return color.srgb_to_l(resize_rgb(rgb, size)).astype(np.float32)
+
+
+# Evaluation protocols: the geometry an image is scored at. "full" scores the full resolution;
+# the 256 ones are the usual protocols of published colorization results (ImageNet val at 256x256).
+PROTOCOLS = {
+    "full": "full resolution, as decoded",
+    "resize256": "resized (bicubic, aspect ratio not kept) to 256x256",
+    "center_crop256": "shorter side resized (bicubic) to 256, then the central 256x256",
+}
+
+
+def apply_protocol(rgb: np.ndarray, protocol: str) -> np.ndarray:
+    """The uint8 image a model is scored against under ``protocol`` (see :data:`PROTOCOLS`)."""
+    rgb = to_uint8(rgb)
+    if protocol == "full":
+        return rgb
+    if protocol == "resize256":
+        return resize_rgb(rgb, (256, 256))
+    if protocol == "center_crop256":
+        h, w = rgb.shape[:2]
+        scale = 256 / min(h, w)
+        rh, rw = max(256, round(h * scale)), max(256, round(w * scale))
+        resized = resize_rgb(rgb, (rh, rw))
+        top, left = (rh - 256) // 2, (rw - 256) // 2
+        return np.ascontiguousarray(resized[top: top + 256, left: left + 256])
+    raise ValueError(f"unknown protocol {protocol!r}; one of {', '.join(PROTOCOLS)}")
+
+
+def l_column(size: tuple[int, int]) -> str:
+    """Name of the model-size L column for an extra input size (DecodeStage ``sizes``)."""
+    return f"l_{size[0]}x{size[1]}"
 
 
 def paint_hints(hints: Any, size: tuple[int, int], radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +166,11 @@ class ExpandShards:
 @dataclass
 class DecodeStage:
     """Fetch + decode + model-size L (and hint maps). Rows whose output already exists (a resumed run)
-    are marked ``reuse`` and not decoded here: the compose stage scores the existing file instead."""
+    are marked ``reuse`` and not decoded here: the compose stage scores the existing file instead.
+
+    ``l`` is the L at ``input_size``; each other size in ``sizes`` adds an ``l_<h>x<w>`` column (see
+    :meth:`column`), so models of different input sizes share one decode. ``protocol`` is applied to
+    the decoded image first (evaluation; the colorize job keeps ``full``)."""
 
     options: storage.StorageOptions
     output: str
@@ -136,14 +180,22 @@ class DecodeStage:
     hint_radius: int = 2
     max_pixels: int = imageio.DEFAULT_MAX_PIXELS
     check_existing: bool = False
+    sizes: tuple[tuple[int, int], ...] = ()
+    protocol: str = "full"
 
     def setup(self) -> None:
         pass
+
+    def column(self, size: tuple[int, int]) -> str:
+        """The batch column holding the model-size L for ``size``."""
+        return "l" if tuple(size) == tuple(self.input_size) else l_column(size)
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["image_id"])
         h, w = self.input_size
         l_model = np.zeros((n, 1, h, w), np.float32)
+        extra = {l_column(s): np.zeros((n, 1, *s), np.float32)
+                 for s in dict.fromkeys(tuple(s) for s in self.sizes) if s != tuple(self.input_size)}
         hint_ab = np.zeros((n, 2, h, w), np.float32) if self.accepts_hints else None
         hint_mask = np.zeros((n, 1, h, w), np.float32) if self.accepts_hints else None
         status, error, reuse, seconds = [], [], np.zeros(n, bool), np.zeros(n, np.float64)
@@ -156,7 +208,10 @@ class DecodeStage:
                     reuse[i] = True
                 else:
                     decoded = imageio.decode_image(storage.read_bytes(uri, self.options), max_pixels=self.max_pixels)
-                    l_model[i, 0] = resize_to_l(decoded.rgb, self.input_size)
+                    rgb = decoded.rgb if self.protocol == "full" else apply_protocol(decoded.rgb, self.protocol)
+                    l_model[i, 0] = resize_to_l(rgb, self.input_size)
+                    for name, column in extra.items():
+                        column[i, 0] = resize_to_l(rgb, column.shape[-2:])
                     if self.accepts_hints and "hints" in batch:
                         hint_ab[i], hint_mask[i] = paint_hints(batch["hints"][i], self.input_size, self.hint_radius)
                 status.append("ok")
@@ -166,7 +221,8 @@ class DecodeStage:
                 error.append(short_error(exc))
             seconds[i] = time.perf_counter() - t0
         out = {k: v for k, v in batch.items() if k != "hints"}
-        out.update(l=l_model, status=_obj_column(status), error=_obj_column(error), reuse=reuse, seconds=seconds)
+        out.update(l=l_model, **extra, status=_obj_column(status), error=_obj_column(error), reuse=reuse,
+                   seconds=seconds)
         if self.accepts_hints:
             out.update(hint_ab=hint_ab, hint_mask=hint_mask)
         return out
@@ -181,7 +237,11 @@ def cpu_supports_bf16() -> bool:
 
 @dataclass
 class InferenceStage:
-    """Holds one model replica; batched forward on model-size L. Returns model-size ab."""
+    """Holds one model replica; batched forward on model-size L. Returns model-size ab.
+
+    Column names are configurable so several models can run one after another on the same batch
+    (evaluation): each reads its ``input_column``, writes its ``output_column`` and adds its time to
+    ``seconds_column``; ``keep_input`` leaves the L (and hints) for the models after it."""
 
     model: str
     weights: str | None = None
@@ -193,6 +253,10 @@ class InferenceStage:
     channels_last: bool = True
     threads: int | None = None
     batch_size: int = 16
+    input_column: str = "l"
+    output_column: str = "ab"
+    seconds_column: str = "seconds"
+    keep_input: bool = False
 
     def setup(self) -> None:
         from .models import load_model
@@ -259,7 +323,7 @@ class InferenceStage:
 
     def __call__(self, batch: Batch) -> Batch:
         t0 = time.perf_counter()
-        l = batch["l"]
+        l = batch[self.input_column]
         n = len(l)
         h, w = self.info.input_size
         ab = np.zeros((n, 2, h, w), np.float32)
@@ -270,10 +334,12 @@ class InferenceStage:
             hint_mask = torch.from_numpy(batch["hint_mask"][idx]) if "hint_mask" in batch else None
             ab[idx] = self._forward(torch.from_numpy(np.ascontiguousarray(l[idx])), hint_ab, hint_mask,
                                     self.active_precision).numpy()
-        out = {k: v for k, v in batch.items() if k not in ("l", "hint_ab", "hint_mask")}
-        out["ab"] = ab
+        drop = () if self.keep_input else (self.input_column, "hint_ab", "hint_mask")
+        out = {k: v for k, v in batch.items() if k not in drop}
+        out[self.output_column] = ab
         per_image = (time.perf_counter() - t0) / max(len(todo), 1)
-        out["seconds"] = batch["seconds"] + np.where(np.isin(np.arange(n), todo), per_image, 0.0)
+        before = batch[self.seconds_column] if self.seconds_column in batch else np.zeros(n, np.float64)
+        out[self.seconds_column] = before + np.where(np.isin(np.arange(n), todo), per_image, 0.0)
         return out
 
 
@@ -291,6 +357,14 @@ def compose(l_full: np.ndarray, ab_model: np.ndarray, saturation: float = 1.0) -
         ab = ab * saturation
     lab = np.concatenate([l_full[..., None].astype(np.float32), ab], axis=-1)
     return color.lab_to_srgb_uint8(lab)
+
+
+def write_and_read_back(rgb: np.ndarray, key: str, output_format: str, quality: int, options,
+                        max_pixels: int) -> np.ndarray:
+    """Encode, write, decode the written bytes: metrics score the delivered file, codec included."""
+    written = imageio.encode_image(rgb, output_format, quality=quality)
+    storage.write_bytes(key, written, options)
+    return imageio.decode_image(written, max_pixels=max_pixels).rgb
 
 
 @dataclass
@@ -313,12 +387,10 @@ class ComposeStage:
         source = imageio.decode_image(storage.read_bytes(row["uri"], self.options), max_pixels=self.max_pixels)
         key = output_key(self.output, image_id, self.output_format)
         if row["reuse"]:
-            written = storage.read_bytes(key, self.options)
+            result = imageio.decode_image(storage.read_bytes(key, self.options), max_pixels=self.max_pixels).rgb
         else:
             rgb = compose(color.srgb_to_l(source.rgb), row["ab"], self.saturation)
-            written = imageio.encode_image(rgb, self.output_format, quality=self.quality)
-            storage.write_bytes(key, written, self.options)
-        result = imageio.decode_image(written, max_pixels=self.max_pixels).rgb
+            result = write_and_read_back(rgb, key, self.output_format, self.quality, self.options, self.max_pixels)
         ref_uri = _text(row.get("reference_uri"))
         against = None
         reference = None
@@ -355,12 +427,102 @@ class ComposeStage:
             rows["seconds"].append(float(row["seconds"]) + time.perf_counter() - t0)
             for c in ("width", "height", "psnr", "ssim", "rmse", "colorfulness", "deltae2000", "metrics_against"):
                 rows[c].append(values.get(c))
-        out: Batch = {}
-        for c, vals in rows.items():
-            if c in ("width", "height"):
-                out[c] = np.array([-1 if v is None else v for v in vals], np.int64)
-            elif c in ("psnr", "ssim", "rmse", "colorfulness", "deltae2000", "seconds"):
-                out[c] = np.array([np.nan if v is None else v for v in vals], np.float64)
-            else:
-                out[c] = _obj_column(vals)
-        return out
+        return _metric_batch(rows)
+
+
+def _metric_batch(rows: dict[str, list[Any]]) -> Batch:
+    """Metrics rows as typed columns: -1 for a missing size, NaN for a missing score."""
+    out: Batch = {}
+    for c, vals in rows.items():
+        if c in ("width", "height"):
+            out[c] = np.array([-1 if v is None else v for v in vals], np.int64)
+        elif c in ("psnr", "ssim", "rmse", "colorfulness", "deltae2000", "seconds"):
+            out[c] = np.array([np.nan if v is None else v for v in vals], np.float64)
+        else:
+            out[c] = _obj_column(vals)
+    return out
+
+
+GRAY_BASELINE = "gray"
+
+
+def eval_output_key(output: str, model: str, image_id: str, fmt: str) -> str:
+    """Where evaluation writes a model's output for an image: images/<model>/<image_id>.<ext>."""
+    return storage.join(output, "images", model, f"{image_id}.{imageio.FORMAT_EXTENSIONS[fmt]}")
+
+
+@dataclass(frozen=True)
+class ScoredModel:
+    """One column of an evaluation: its label and the batch columns its ab and time are in. The gray
+    baseline has neither: its ab is 0, so the output is the input's L alone."""
+
+    label: str
+    ab_column: str | None = None
+    seconds_column: str | None = None
+
+
+@dataclass
+class EvalComposeStage:
+    """Evaluation: for every image, compose each model's ab with the L of the reference (the colour
+    original under ``protocol``), write it, and score it against the reference with the colorize job's
+    metric code. Emits one metrics row per (image, model), ``metrics_against='input'``."""
+
+    options: storage.StorageOptions
+    output: str
+    models: tuple[ScoredModel, ...]
+    protocol: str = "full"
+    output_format: str = "png"
+    quality: int = 95
+    max_pixels: int = imageio.DEFAULT_MAX_PIXELS
+
+    def setup(self) -> None:
+        pass
+
+    def _reference(self, uri: str) -> np.ndarray:
+        source = imageio.decode_image(storage.read_bytes(uri, self.options), max_pixels=self.max_pixels)
+        if source.is_gray:
+            raise ValueError("not a colour image: a held-out set needs colour originals to score against")
+        return apply_protocol(source.rgb, self.protocol)
+
+    def _score(self, model: ScoredModel, row: dict[str, Any], l_full: np.ndarray,
+               reference: np.ndarray) -> dict[str, Any]:
+        ab = row[model.ab_column] if model.ab_column else np.zeros((2, 1, 1), np.float32)
+        key = eval_output_key(self.output, model.label, row["image_id"], self.output_format)
+        result = write_and_read_back(compose(l_full, ab), key, self.output_format, self.quality, self.options,
+                                     self.max_pixels)
+        return {**metrics.compute_metrics(result, reference), "width": reference.shape[1],
+                "height": reference.shape[0], "metrics_against": "input"}
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows: dict[str, list[Any]] = {c: [] for c in (*METRIC_COLUMNS, "shard_id")}
+        for i in range(len(batch["image_id"])):
+            t0 = time.perf_counter()
+            row = {k: batch[k][i] for k in batch}
+            reference = l_full = None
+            image_error = row["error"]
+            if row["status"] == "ok":
+                try:
+                    reference = self._reference(row["uri"])
+                    l_full = color.srgb_to_l(reference)
+                except Exception as exc:  # noqa: BLE001 - a bad image is a row, not a crash
+                    image_error = short_error(exc)
+            shared = time.perf_counter() - t0
+            for model in self.models:
+                t1 = time.perf_counter()
+                values: dict[str, Any] = {}
+                status, error = ("ok", None) if reference is not None else ("error", image_error)
+                if reference is not None:
+                    try:
+                        values = self._score(model, row, l_full, reference)
+                    except Exception as exc:  # noqa: BLE001 - one model's failure is that row's error
+                        status, error = "error", short_error(exc)
+                inference = float(row[model.seconds_column]) if model.seconds_column else 0.0
+                rows["image_id"].append(row["image_id"])
+                rows["shard_id"].append(row["shard_id"])
+                rows["status"].append(status)
+                rows["error"].append(error)
+                rows["model"].append(model.label)
+                rows["seconds"].append(float(row["seconds"]) + inference + shared + time.perf_counter() - t1)
+                for c in ("width", "height", "psnr", "ssim", "rmse", "colorfulness", "deltae2000", "metrics_against"):
+                    rows[c].append(values.get(c))
+        return _metric_batch(rows)

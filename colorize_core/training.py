@@ -227,7 +227,8 @@ def colorize_rgb(model: nn.Module, rgb_u8: np.ndarray, input_size: tuple[int, in
     l_small = F.interpolate(lab[:, :1], size=tuple(input_size), mode="bicubic", align_corners=False,
                             antialias=True).clamp(0, 100)
     model.eval()
-    ab = model(l_small)
+    device = next(model.parameters()).device
+    ab = model(l_small.to(device)).float().cpu()
     ab = F.interpolate(ab, size=lab.shape[-2:], mode="bilinear", align_corners=False)
     out = torch.cat([lab[:, :1], ab], dim=1)[0].permute(1, 2, 0).numpy()
     return color.lab_to_srgb_uint8(out)

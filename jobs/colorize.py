@@ -118,8 +118,8 @@ def package_versions() -> dict[str, str]:
 class Progress:
     """One running line of ok/error counts beside Ray Data's own progress bars."""
 
-    def __init__(self, total: int, skipped: int, enabled: bool = True):
-        self.total, self.skipped, self.enabled = total, skipped, enabled
+    def __init__(self, total: int, skipped: int, enabled: bool = True, label: str = "colorize"):
+        self.total, self.skipped, self.enabled, self.label = total, skipped, enabled, label
         self.ok = self.error = 0
         self.t0 = self.last = time.monotonic()
         self.tty = sys.stderr.isatty()
@@ -135,7 +135,7 @@ class Progress:
     def _print(self, end: str) -> None:
         done = self.ok + self.error
         rate = done / max(time.monotonic() - self.t0, 1e-9)
-        print(f"[colorize] {done + self.skipped}/{self.total} rows  ok {self.ok}  error {self.error}  "
+        print(f"[{self.label}] {done + self.skipped}/{self.total} rows  ok {self.ok}  error {self.error}  "
               f"skipped {self.skipped}  {rate:.2f} img/s", end=end, file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -233,23 +233,8 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
                          model_info.name, cfg.max_pixels),
         )
         ds = build_dataset([s.to_dict() for s in pending], *stages, cfg, res)
-        expected = {s.shard_id: s.num_rows for s in pending}
-        buffers: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        bar = Progress(total, skipped, enabled=progress)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            n = len(batch["image_id"])
-            for i in range(n):
-                row = {c: batch[c][i] for c in batch}
-                buffers[row["shard_id"]].append(row)
-                if len(buffers[row["shard_id"]]) == expected[row["shard_id"]]:
-                    _finish_shard(cfg.output, row["shard_id"], buffers.pop(row["shard_id"]), options)
-            ok = int(np.sum(batch["status"] == "ok"))
-            counts["ok"] += ok
-            counts["error"] += n - ok
-            bar.update(ok, n - ok)
-        bar.close()
-        if buffers:
-            raise RuntimeError(f"pipeline ended with incomplete shards: {sorted(buffers)[:5]}")
+        counts = drain(ds, {s.shard_id: s.num_rows for s in pending}, cfg.output, options,
+                       Progress(total, skipped, enabled=progress))
 
     wall = time.monotonic() - t0
     processed = counts["ok"] + counts["error"]
@@ -271,6 +256,28 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     }
     storage.write_bytes(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2).encode(), options)
     return summary
+
+
+def drain(ds, expected: dict[str, int], output: str, options, bar: Progress) -> dict[str, int]:
+    """Consume the pipeline's metrics rows; write each shard's metrics (and marker) as soon as all of
+    its ``expected[shard_id]`` rows are in. Returns ok/error row counts."""
+    counts = {"ok": 0, "error": 0}
+    buffers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        n = len(batch["image_id"])
+        for i in range(n):
+            row = {c: batch[c][i] for c in batch}
+            buffers[row["shard_id"]].append(row)
+            if len(buffers[row["shard_id"]]) == expected[row["shard_id"]]:
+                _finish_shard(output, row["shard_id"], buffers.pop(row["shard_id"]), options)
+        ok = int(np.sum(batch["status"] == "ok"))
+        counts["ok"] += ok
+        counts["error"] += n - ok
+        bar.update(ok, n - ok)
+    bar.close()
+    if buffers:
+        raise RuntimeError(f"pipeline ended with incomplete shards: {sorted(buffers)[:5]}")
+    return counts
 
 
 def _finish_shard(output: str, shard_id: str, rows: list[dict[str, Any]], options) -> None:

@@ -1,0 +1,224 @@
+"""``colorize``: the local command line (no cluster) plus ``colorize run`` for the Ray job.
+
+    colorize image IN -o OUT [--model NAME] [--weights URI]
+    colorize folder DIR -o OUTDIR [--model NAME[,NAME...]] [--format jpeg|png] [--compare]
+    colorize run ...            (same flags as python -m jobs.colorize)
+    colorize models             (the registry)
+
+It does what single-image colorization scripts do, on the library's batched path: decode any archive
+format, model-size L, batched forward, ab upsampled onto the original full-resolution L.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import color, imageio, metrics
+from .models.checkpoint import is_checkpoint_uri
+from .stages import compose, resize_to_l, to_uint8
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+
+
+class Colorizer:
+    """One loaded model; colorizes decoded images in batches, in process."""
+
+    def __init__(self, model: str, weights: str | None = None, *, saturation: float = 1.0,
+                 batch_size: int = 8, **model_kwargs):
+        from .models import load_model
+
+        self.module, self.info = load_model(model, weights, **model_kwargs)
+        self.saturation = saturation
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def __call__(self, images: list[imageio.DecodedImage]) -> list[np.ndarray]:
+        out = []
+        for s in range(0, len(images), self.batch_size):
+            chunk = images[s: s + self.batch_size]
+            l = np.stack([resize_to_l(im.rgb, self.info.input_size) for im in chunk])[:, None]
+            ab = self.module(torch.from_numpy(l)).float().numpy()
+            out += [compose(color.srgb_to_l(im.rgb), a, self.saturation) for im, a in zip(chunk, ab)]
+        return out
+
+
+def _decode_path(path: Path, max_pixels: int) -> imageio.DecodedImage:
+    return imageio.decode_image(path.read_bytes(), max_pixels=max_pixels)
+
+
+def _write(path: Path, rgb: np.ndarray, fmt: str | None, quality: int) -> Path:
+    fmt = fmt or {".png": "png", ".webp": "webp"}.get(path.suffix.lower(), "jpeg")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(imageio.encode_image(rgb, fmt, quality=quality))
+    return path
+
+
+def compare_figure(path: Path, name: str, source: imageio.DecodedImage, outputs: dict[str, np.ndarray]) -> Path:
+    """Original (when it has colour), grayscale input, then each model, scored in the titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    original = to_uint8(source.rgb)
+    l_full = color.srgb_to_l(source.rgb)
+    gray = color.lab_to_srgb_uint8(np.stack([l_full, np.zeros_like(l_full), np.zeros_like(l_full)], -1))
+    panels = ([("original", original)] if not source.is_gray else []) + [("grayscale input", gray)]
+    for model, rgb in outputs.items():
+        title = model
+        if not source.is_gray:
+            title += f"\nPSNR {metrics.psnr(rgb, original):.2f} dB  SSIM {metrics.ssim(rgb, original):.3f}"
+        panels.append((title, rgb))
+    h, w = original.shape[:2]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) * max(w / h, 0.5), 3.6), squeeze=False)
+    for ax, (title, img) in zip(axes[0], panels):
+        ax.imshow(img)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(name, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def cmd_image(args) -> int:
+    colorizer = Colorizer(args.model, args.weights, saturation=args.saturation, **_model_kwargs(args))
+    source = _decode_path(Path(args.input), args.max_pixels)
+    out = _write(Path(args.output), colorizer([source])[0], args.format, args.quality)
+    print(out)
+    return 0
+
+
+def cmd_folder(args) -> int:
+    folder, outdir = Path(args.input), Path(args.output)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        print(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}", file=sys.stderr)
+        return 1
+    models = [m for m in args.model.split(",") if m]
+    decoded: dict[str, imageio.DecodedImage] = {}
+    failures = 0
+    for f in files:
+        try:
+            decoded[f.name] = _decode_path(f, args.max_pixels)
+        except imageio.ImageDecodeError as exc:
+            failures += 1
+            print(f"skipped {f.name}: {exc}", file=sys.stderr)
+    names = list(decoded)
+    # Output names drop the suffix unless that would make two inputs (a.png, a.jpg) write one file.
+    stems = [Path(n).stem for n in names]
+    out_stem = {n: n if stems.count(s) > 1 else s for n, s in zip(names, stems)}
+    # Sub-folders are named like the evaluate job's labels: a checkpoint by its directory, since two
+    # checkpoints of one architecture share `info.name` and would overwrite each other.
+    labels = {m: m.rstrip("/").rsplit("/", 1)[-1] if is_checkpoint_uri(m) else m for m in models}
+    dupes = sorted({x for x in labels.values() if list(labels.values()).count(x) > 1})
+    if dupes:
+        print(f"error: two --model entries would write to the same sub-folder {dupes}", file=sys.stderr)
+        return 1
+    results: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
+    ext = imageio.FORMAT_EXTENSIONS[args.format or "jpeg"]
+    for model in models:
+        weights = _weights_for(model, args.weights, len(models))
+        colorizer = Colorizer(model, weights, saturation=args.saturation, **_model_kwargs(args))
+        label = labels[model]
+        for name, rgb in zip(names, colorizer([decoded[n] for n in names])):
+            results[name][label] = rgb
+            _write(outdir / label / f"{out_stem[name]}.{ext}", rgb, args.format or "jpeg", args.quality)
+        print(f"{label}: {len(names)} image(s) -> {outdir / label}")
+    if args.compare:
+        for name in names:
+            compare_figure(outdir / "compare" / f"{out_stem[name]}.png", name, decoded[name], results[name])
+        print(f"compare: {len(names)} figure(s) -> {outdir / 'compare'}")
+    return 1 if failures and not names else 0
+
+
+def _weights_for(model: str, spec: str | None, n_models: int) -> str | None:
+    """``--weights`` for one of several models: ``name=URI,...`` pairs, or ``official``, which goes to every
+    registry model that has released weights (the others keep their defaults). A single model takes
+    ``--weights`` as it is."""
+    if spec is None:
+        return None
+    if "=" in spec:
+        pairs = dict(item.split("=", 1) for item in spec.split(",") if item)
+        return pairs.get(model)
+    if n_models == 1:
+        return spec
+    if spec == "official":
+        from .models import get_entry
+
+        return "official" if not is_checkpoint_uri(model) and "official" in get_entry(model).weights else None
+    raise SystemExit("error: with several --model entries, --weights takes 'official' or name=URI pairs")
+
+
+def _model_kwargs(args) -> dict:
+    return {"temperature": args.temperature} if getattr(args, "temperature", None) is not None else {}
+
+
+def cmd_models(args) -> int:
+    from .models import get_entry, list_models
+
+    for name in list_models():
+        e = get_entry(name)
+        weights = ", ".join(e.weights) or "-"
+        print(f"{name:18s} {e.num_params:>12,d} params  input {e.input_size[0]}x{e.input_size[1]}  "
+              f"weights: {weights}  {e.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="colorize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--model", default="compact", help="registry name(s) or checkpoint URI (default: compact)")
+        sp.add_argument("--weights", help="'official', path, https:// or s3:// URI; with several models "
+                        "'official' (for those that have it) or name=URI,name=URI")
+        sp.add_argument("--temperature", type=float, help="ECCV16 annealed-mean temperature")
+        sp.add_argument("--saturation", type=float, default=1.0)
+        sp.add_argument("--format", choices=["jpeg", "png", "webp"])
+        sp.add_argument("--quality", type=int, default=95)
+        sp.add_argument("--max-pixels", dest="max_pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS)
+
+    sp = sub.add_parser("image", help="colorize one image")
+    sp.add_argument("input")
+    sp.add_argument("-o", "--output", required=True)
+    common(sp)
+    sp.set_defaults(func=cmd_image)
+    sp = sub.add_parser("folder", help="colorize a folder: one sub-folder per model")
+    sp.add_argument("input")
+    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("--compare", action="store_true", help="side-by-side figure per image")
+    common(sp)
+    sp.set_defaults(func=cmd_folder)
+    sp = sub.add_parser("models", help="list the model registry")
+    sp.set_defaults(func=cmd_models)
+    sub.add_parser("run", help="the Ray job (flags of python -m jobs.colorize)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        from jobs.colorize import main as run_main
+
+        return run_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    from .models import WeightsError
+
+    try:
+        return args.func(args)
+    except (WeightsError, imageio.ImageDecodeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""jobs.train: every shipped config loads; a 2-worker TorchTrainer run on the session cluster writes the
+documented layout, and the same command with a larger step budget resumes from the saved step."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from colorize_core.config import load_yaml
+from colorize_core.models import load_model
+from colorize_core.models.checkpoint import read_checkpoint_meta
+from jobs.train import TrainConfig, main, step_dir
+from tests.test_training import make_images
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/train-*.yaml"))
+
+
+def test_every_train_config_loads():
+    names = {p.stem.removeprefix("train-") for p in CONFIGS}
+    assert {"unet", "pix2pix", "vgg_autoencoder", "compact"} <= names
+    for path in CONFIGS:
+        cfg = TrainConfig.model_validate(load_yaml(path))
+        assert cfg.architecture == path.stem.removeprefix("train-")
+        assert cfg.resolved_loss() == ("gan" if cfg.architecture == "pix2pix" else "l1")
+        assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_config_rejects_typos_and_masks_secrets():
+    base = {"architecture": "unet", "train_manifest": "m.parquet", "output": "out"}
+    with pytest.raises(ValidationError, match="batchsize"):
+        TrainConfig.model_validate({**base, "batchsize": 4})
+    cfg = TrainConfig.model_validate({**base, "storage": {"secret_access_key": "hunter2"}})
+    assert "hunter2" not in json.dumps(cfg.resolved())
+    assert cfg.resolved()["crop_size"] == 256
+    assert all(f.description for n, f in TrainConfig.model_fields.items() if n != "storage")
+
+
+def test_two_worker_training_resumes_from_the_saved_step(ray_cluster, tmp_path):
+    manifest = make_images(tmp_path, n=4)
+    out = tmp_path / "run"
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "architecture": "unet", "arguments": {"base_channels": 4, "depth": 2},
+        "train_manifest": manifest, "val_manifest": manifest, "output": str(out),
+        "epochs": 3, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 32, "lr": 0.001,
+        "num_workers": 2, "use_gpu": False, "seed": 0,
+    }))
+    assert main(["--config", str(config), "--set", "max_steps=2"]) == 0
+    first = out / step_dir(2)
+    assert (out / "latest").read_text() == step_dir(2)
+    assert {p.name for p in first.iterdir()} == {"model.json", "weights.pt", "train_state.pt"}
+    stamp = (first / "weights.pt").stat().st_mtime_ns
+
+    assert main(["--config", str(config), "--set", "max_steps=4"]) == 0
+    assert (out / "latest").read_text() == step_dir(4)
+    assert (first / "weights.pt").stat().st_mtime_ns == stamp  # not retrained from scratch
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [2, 4] and all(float(r["val_psnr"]) > 0 for r in rows)
+    meta = read_checkpoint_meta(str(out / step_dir(4)))
+    assert meta["architecture"] == "unet" and meta["step"] == 4 and meta["epoch"] == 2
+    assert meta["data"]["train_manifest"] == manifest and "val_ssim" in meta["metrics"]
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["num_workers"] == 2 and resolved["loss"] == "l1" and resolved["use_gpu"] is False
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    model, info = load_model(str(out / step_dir(4)))
+    assert info.name == "unet" and info.num_params == sum(p.numel() for p in model.parameters())
+
+    # Budget already met: a third run trains nothing and leaves the checkpoints alone.
+    assert main(["--config", str(config), "--set", "max_steps=4"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
