@@ -77,3 +77,9 @@ def decode(uri: str, options=None) -> np.ndarray:
 
     options = options or storage.StorageOptions.from_env()
     return imageio.decode_image(storage.read_bytes(uri, options)).rgb
+
+
+def decode_bytes(payload: bytes) -> np.ndarray:
+    from colorize_core import imageio
+
+    return imageio.decode_image(payload).rgb

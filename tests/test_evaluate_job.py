@@ -213,9 +213,8 @@ def test_local_evaluation_summary_baseline_and_report(ray_cluster, chromium, tmp
     options = storage.StorageOptions.from_env()
     rows, payloads = _inputs(str(tmp_path), options)
     manifest = jobkit.write_manifest(str(tmp_path / "manifest.parquet"), rows)
-    models = [jobkit.tiny_checkpoint(str(tmp_path / "seed1"), seed=1), jobkit.tiny_checkpoint(str(tmp_path / "seed2"),
-                                                                                                seed=2),
-              "small=" + _checkpoint(str(tmp_path / "small48"), 3, (48, 48))]
+    models = [jobkit.tiny_checkpoint(str(tmp_path / f"seed{s}"), seed=s) for s in (1, 2)]
+    models.append("small=" + _checkpoint(str(tmp_path / "small48"), 3, (48, 48)))  # a second input size
     out = tmp_path / "out"
     code = ev.main(["--manifest", manifest, "--output", str(out), "--models", ",".join(models), "--sample-size", "3",
                     "--batch-size", "4", "--quiet"])
@@ -242,8 +241,9 @@ def test_local_evaluation_summary_baseline_and_report(ray_cluster, chromium, tmp
         if image_id == "gray":
             continue
         original = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))
-        l_only = color.lab_to_srgb_uint8(np.stack([color.srgb_to_l(original), *np.zeros((2, *original.shape[:2]),
-                                                                                        np.float32)], axis=-1))
+        lab = np.zeros(original.shape, np.float32)
+        lab[..., 0] = color.srgb_to_l(original)
+        l_only = color.lab_to_srgb_uint8(lab)
         row = got[("gray", image_id)]
         assert row["psnr"] == pytest.approx(peak_signal_noise_ratio(original, l_only, data_range=255), abs=1e-9)
         assert (row["width"], row["height"]) == (64, 48)

@@ -1,0 +1,143 @@
+"""The per-batch stages on plain dicts: no Ray, no cluster."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from colorize_core import color, metrics, storage
+from colorize_core.stages import (
+    ComposeStage,
+    DecodeStage,
+    InferenceStage,
+    compose,
+    output_key,
+    paint_hints,
+    resize_to_l,
+    short_error,
+)
+from tests import jobkit
+
+
+def _obj(values):
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    images = {"c.jpg": jobkit.colour_images(1, size=(90, 70))[0], "g.png": jobkit.gray_image((50, 40)),
+              "bad.jpg": b"\xff\xd8\xff garbage", "empty.png": b""}
+    uris = jobkit.put_images(str(tmp_path / "in"), images)
+    uris["missing.jpg"] = str(tmp_path / "in" / "missing.jpg")
+    ids = [name.replace(".", "_") for name in uris]
+    batch = {"image_id": _obj(ids), "uri": _obj(list(uris.values())), "shard_id": _obj(["s0"] * len(ids))}
+    return batch, tmp_path
+
+
+def test_compose_keeps_geometry_and_original_l():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    l_full = color.srgb_to_l(rgb)
+    ab = rng.normal(0, 15, (2, 16, 16)).astype(np.float32)
+    out = compose(l_full, ab)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    # Luminance survives up to gamut clipping and uint8 rounding.
+    assert np.abs(color.srgb_to_l(out) - l_full).mean() < 1.0
+    gray = compose(l_full, np.zeros((2, 16, 16), np.float32))
+    assert metrics.colorfulness(gray) < 0.5
+    assert metrics.colorfulness(compose(l_full, ab, saturation=2.0)) > metrics.colorfulness(out)
+
+
+def test_resize_to_l_matches_lab_of_resized_image_and_16_bit():
+    rgb = jobkit.decode_bytes(jobkit.colour_images(1, size=(120, 90))[0])
+    l = resize_to_l(rgb, (32, 48))
+    assert l.shape == (32, 48) and l.dtype == np.float32 and 0 <= l.min() and l.max() <= 100
+    rgb16 = rgb.astype(np.uint16) * 257
+    np.testing.assert_allclose(resize_to_l(rgb16, (32, 48)), l, atol=0.6)
+
+
+def test_paint_hints_and_bad_hints():
+    ab, mask = paint_hints([{"x": 0.5, "y": 0.25, "a": 40.0, "b": -20.0}], (16, 16), radius=1)
+    assert mask.sum() == 9 and mask[0, 4, 8] == 1
+    assert ab[0, 4, 8] == 40 and ab[1, 4, 8] == -20 and ab[:, mask[0] == 0].max() == 0
+    ab, mask = paint_hints(None, (8, 8), 2)
+    assert mask.sum() == 0
+    with pytest.raises(ValueError, match="outside"):
+        paint_hints([{"x": 1.5, "y": 0.2, "a": 0, "b": 0}], (8, 8), 1)
+
+
+def test_short_error_is_one_bounded_line():
+    msg = short_error(RuntimeError("line one\nline two " + "x" * 1000))
+    assert "\n" not in msg and len(msg) <= 300 and msg.startswith("RuntimeError")
+    assert short_error(FileNotFoundError(2, "No such file", "s3://b/k.jpg")) == "missing object: s3://b/k.jpg"
+    assert output_key("s3://b/out", "a/b", "jpeg") == "s3://b/out/images/a/b.jpg"
+
+
+def test_decode_stage_rows_and_errors(inputs):
+    batch, tmp_path = inputs
+    stage = DecodeStage(storage.StorageOptions(), str(tmp_path / "out"), "jpeg", (32, 32))
+    out = stage(batch)
+    status = dict(zip(batch["image_id"], out["status"]))
+    errors = dict(zip(batch["image_id"], out["error"]))
+    assert status == {"c_jpg": "ok", "g_png": "ok", "bad_jpg": "error", "empty_png": "error",
+                      "missing_jpg": "error"}
+    assert "missing object" in errors["missing_jpg"] and "0 bytes" in errors["empty_png"]
+    assert out["l"].shape == (5, 1, 32, 32) and out["l"][0].std() > 1
+    assert not out["reuse"].any() and (out["seconds"] >= 0).all()
+
+
+def test_inference_stage_fp32_and_precision_guard(tmp_path):
+    model = jobkit.tiny_checkpoint(str(tmp_path / "ckpt"))
+    l = np.random.default_rng(0).uniform(0, 100, (3, 1, 64, 64)).astype(np.float32)
+    batch = {"image_id": _obj(["a", "b", "c"]), "l": l, "status": _obj(["ok", "error", "ok"]),
+             "reuse": np.zeros(3, bool), "seconds": np.zeros(3)}
+    stage = InferenceStage(model, precision="fp32", batch_size=2)
+    assert pickle.loads(pickle.dumps(stage)) == stage
+    stage.setup()
+    out = stage(dict(batch))
+    assert "l" not in out and out["ab"].shape == (3, 2, 64, 64)
+    assert np.abs(out["ab"][1]).max() == 0, "error rows are not run"
+    with torch.no_grad():
+        expected = stage.module.float()(torch.from_numpy(l[[0, 2]])).numpy()
+    np.testing.assert_allclose(out["ab"][[0, 2]], expected, atol=1e-4)
+    assert out["seconds"][1] == 0 and out["seconds"][0] > 0
+
+    auto = InferenceStage(model, precision="auto")
+    auto.setup()
+    assert auto.active_precision in ("fp32", "bf16")
+    if auto.active_precision == "bf16":
+        assert auto.precision_error <= auto.max_precision_error
+    strict = InferenceStage(model, precision="bf16", max_precision_error=1e-9)
+    with pytest.raises(RuntimeError, match="use precision fp32"):
+        strict.setup()
+
+
+def test_compose_stage_scores_the_written_file(inputs):
+    batch, tmp_path = inputs
+    opts = storage.StorageOptions()
+    decoded = DecodeStage(opts, str(tmp_path / "out"), "jpeg", (32, 32))(batch)
+    decoded["ab"] = np.random.default_rng(1).normal(0, 10, (5, 2, 32, 32)).astype(np.float32)
+    del decoded["l"]
+    rows = ComposeStage(opts, str(tmp_path / "out"), model_name="m")(decoded)
+    assert list(rows["status"]) == ["ok", "ok", "error", "error", "error"]
+    written = jobkit.decode(output_key(str(tmp_path / "out"), "c_jpg", "jpeg"))
+    source = jobkit.decode(batch["uri"][0])
+    assert written.shape == source.shape
+    assert rows["psnr"][0] == pytest.approx(metrics.psnr(written, source), abs=1e-9)
+    assert rows["metrics_against"][0] == "input" and rows["metrics_against"][1] is None
+    assert np.isnan(rows["psnr"][1]) and rows["colorfulness"][1] > 0
+    assert np.isnan(rows["psnr"][2]) and rows["width"][2] == -1
+
+
+def test_stages_pickle_round_trip(tmp_path):
+    opts = storage.StorageOptions(endpoint_url="http://127.0.0.1:1", key="k", secret="s")
+    for stage in (DecodeStage(opts, "s3://b/o", "png", (256, 256), True),
+                  ComposeStage(opts, "s3://b/o", "png"),
+                  InferenceStage("siggraph17", "official", options=opts)):
+        assert pickle.loads(pickle.dumps(stage)) == stage
+
