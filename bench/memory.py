@@ -101,7 +101,7 @@ def main() -> None:
             manifest = tmp / f"m{n}.parquet"
             pq.write_table(pa.table({"image_id": [f"img{i:07d}" for i in range(n)],
                                      "uri": [sources[i % len(sources)] for i in range(n)]}), manifest)
-            ray.init(include_dashboard=False, logging_level="WARNING")
+            ray.init(address="local", include_dashboard=False, logging_level="WARNING")
             DataContext.get_current().enable_progress_bars = False
             sampler = Sampler()
             sampler.start()

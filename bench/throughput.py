@@ -94,7 +94,7 @@ def main() -> None:
         naive_s = naive_loop(paths, module, info.input_size, tmp / "naive")
 
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, logging_level="WARNING")
         ray_start = time.perf_counter() - t0
         from ray.data import DataContext
 

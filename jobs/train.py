@@ -224,6 +224,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                                        discriminator=disc, gan_mode=cfg.gan_mode, l1_lambda=cfg.l1_lambda)
     if train_state is not None:
         state.load_state_dict(train_state)
+        for opt in (state.optimizer, state.d_optimizer):  # the config's lr wins: resume can anneal
+            for group in (opt.param_groups if opt is not None else []):
+                group["lr"] = cfg.lr
     device = ray.train.torch.get_device()
 
     data = training.LabImageSet.from_manifest(cfg.train_manifest, rank=rank, world_size=world,

@@ -298,6 +298,7 @@ def ray_cluster(pytestconfig: pytest.Config):
         raise RuntimeError("Ray was already initialised before the ray_cluster fixture; use the fixture only")
     t0 = time.monotonic()
     context = ray.init(
+        address="local",  # never attach to another cluster running on this machine
         num_cpus=4,
         include_dashboard=False,
         object_store_memory=512 * 1024**2,

@@ -216,8 +216,6 @@ def test_eccv16_random_init_holds_bin_centres_and_annealed_mean(l_batch):
         expected = F.interpolate(F.conv2d(F.softmax(logits / 0.38, 1), model.model_out.weight),
                                  scale_factor=4, mode="bilinear") * 110
         torch.testing.assert_close(annealed(l_batch), expected, atol=1e-4, rtol=1e-4)
-        # Sharper distribution -> further from the grey centre of mass on average.
-        assert annealed(l_batch).abs().mean() > model(l_batch).abs().mean()
     with pytest.raises(ValueError):
         create_model("eccv16", temperature=0)
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from colorize_core.config import load_yaml
 from colorize_core.models import load_model
-from colorize_core.models.checkpoint import read_checkpoint_meta
+from colorize_core.models.checkpoint import load_train_state, read_checkpoint_meta
 from jobs.train import TrainConfig, main, step_dir
 from tests.test_training import make_images
 
@@ -57,8 +57,10 @@ def test_two_worker_training_resumes_from_the_saved_step(ray_cluster, tmp_path):
     assert {p.name for p in first.iterdir()} == {"model.json", "weights.pt", "train_state.pt"}
     stamp = (first / "weights.pt").stat().st_mtime_ns
 
-    assert main(["--config", str(config), "--set", "max_steps=4"]) == 0
+    assert main(["--config", str(config), "--set", "max_steps=4", "--set", "lr=0.0005"]) == 0
     assert (out / "latest").read_text() == step_dir(4)
+    state = load_train_state(str(out / step_dir(4)))
+    assert state["step"] == 4 and state["optimizer"]["param_groups"][0]["lr"] == 0.0005  # config lr wins
     assert (first / "weights.pt").stat().st_mtime_ns == stamp  # not retrained from scratch
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     rows = list(csv.DictReader((out / "metrics.csv").open()))
