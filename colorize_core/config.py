@@ -27,6 +27,13 @@ class StorageConfig(_Strict):
     access_key_id: SecretStr | None = Field(None, description="Prefer AWS_ACCESS_KEY_ID; never logged.")
     secret_access_key: SecretStr | None = Field(None, description="Prefer AWS_SECRET_ACCESS_KEY; never logged.")
 
+    def redacted(self) -> dict[str, Any]:
+        """JSON-safe, with the key and secret replaced by '***' (for files written beside outputs)."""
+        data = self.model_dump(mode="json")
+        for key in ("access_key_id", "secret_access_key"):
+            data[key] = "***" if getattr(self, key) else None
+        return data
+
     def options(self):
         from .storage import StorageOptions
 
@@ -66,7 +73,24 @@ class CpuStageConfig(_Strict):
                                  "memory holds (a 100 MP scan needs about 1.5 GB in float32).")
 
 
-class ColorizeConfig(_Strict):
+class JobConfig(_Strict):
+    """What every pipeline job shares: pool settings, storage, and a secret-free resolved form."""
+
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    cpu: CpuStageConfig = Field(default_factory=CpuStageConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @field_validator("output_format", mode="before", check_fields=False)
+    @classmethod
+    def _fmt(cls, v: Any) -> Any:
+        return {"jpg": "jpeg"}.get(str(v).lower(), str(v).lower()) if v is not None else v
+
+    def resolved(self) -> dict[str, Any]:
+        """JSON-safe resolved config with secrets removed (for config.json beside the outputs)."""
+        return {**self.model_dump(mode="json"), "storage": self.storage.redacted()}
+
+
+class ColorizeConfig(JobConfig):
     manifest: str = Field(..., description="Parquet file or prefix of files, local or s3://.")
     output: str = Field(..., description="Output prefix, local or s3://.")
     model: str = Field("compact", description="Registry name or a trained checkpoint directory URI.")
@@ -83,21 +107,6 @@ class ColorizeConfig(_Strict):
     overwrite: bool = Field(False, description="Ignore previous progress and redo every image.")
     max_error_fraction: float = Field(1.0, ge=0, le=1, description="Exit non-zero above this error fraction.")
     limit: int | None = Field(None, ge=1, description="Process at most this many manifest rows (smoke runs).")
-    inference: InferenceConfig = Field(default_factory=InferenceConfig)
-    cpu: CpuStageConfig = Field(default_factory=CpuStageConfig)
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-
-    @field_validator("output_format", mode="before")
-    @classmethod
-    def _fmt(cls, v: Any) -> Any:
-        return {"jpg": "jpeg"}.get(str(v).lower(), str(v).lower()) if v is not None else v
-
-    def resolved(self) -> dict[str, Any]:
-        """JSON-safe resolved config with secrets removed (for config.json beside the outputs)."""
-        data = self.model_dump(mode="json")
-        data["storage"]["access_key_id"] = "***" if self.storage.access_key_id else None
-        data["storage"]["secret_access_key"] = "***" if self.storage.secret_access_key else None
-        return data
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

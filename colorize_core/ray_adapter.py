@@ -74,7 +74,12 @@ def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None,
         raise RuntimeError(
             f"{pools} pool(s) x {num_actors} inference actor(s) x {cpus_per_actor} CPUs leave no CPU for the "
             f"decode and compose stages on a {cpus}-CPU cluster; lower inference.num_actors or cpus_per_actor")
-    threads = inf.threads or max(1, math.floor(cpus_per_actor))
+    # A CPU replica runs up to twice the threads of its CPU reservation (never more than its share of
+    # the cluster): with a heavy model the decode and compose tasks leave cores idle most of the time,
+    # and on a 2-CPU machine one thread would halve inference speed (bench/throughput.py).
+    reserved = max(1, math.floor(cpus_per_actor))
+    threads = inf.threads or (reserved if device == "cuda" else
+                              max(1, min(cpus // (num_actors * pools), 2 * reserved)))
     return Resources(device, num_actors, cpus_per_actor, gpus_per_actor, threads, cfg.cpu.concurrency)
 
 

@@ -118,11 +118,33 @@ def _s3fs(options: StorageOptions) -> fsspec.AbstractFileSystem:
         return fs
 
 
+def _session_without_expect_continue():
+    """An aiobotocore session whose S3 PUTs carry no ``Expect: 100-continue``.
+
+    botocore adds that header to every PUT with a file-like body. aiohttp then waits for the interim
+    "100 Continue" before sending the body, a wait no timeout covers; against Go servers (SeaweedFS,
+    MinIO) a zero-length PUT gets no interim response and leaves the pooled connection out of step
+    (botocore issue 3755). We saw the driver hang for good on such a connection, with the server's
+    "100 Continue" unread in the socket. Our objects are whole images and small files sent in one
+    PUT, so the handshake saves nothing."""
+    from aiobotocore.session import AioSession
+    from botocore.handlers import add_expect_header
+
+    class Session(AioSession):
+        def __reduce__(self):  # s3fs pickles its init arguments (Ray ships filesystems): rebuild anew
+            return _session_without_expect_continue, ()
+
+    session = Session()
+    session.unregister("before-call.s3", add_expect_header)
+    return session
+
+
 def _new_s3fs(options: StorageOptions) -> fsspec.AbstractFileSystem:
     import s3fs
 
     client_kwargs: dict[str, Any] = {}
-    config_kwargs: dict[str, Any] = {"retries": dict(_RETRIES)}
+    # Explicit timeouts: a connection the server dropped must fail and be retried, never wait forever.
+    config_kwargs: dict[str, Any] = {"retries": dict(_RETRIES), "connect_timeout": 10, "read_timeout": 60}
     if options.endpoint_url:
         client_kwargs["endpoint_url"] = options.endpoint_url
         config_kwargs["s3"] = {"addressing_style": "path"}
@@ -130,6 +152,7 @@ def _new_s3fs(options: StorageOptions) -> fsspec.AbstractFileSystem:
         client_kwargs["region_name"] = options.region
     credentials = {} if options.anon else {"key": options.key, "secret": options.secret}
     return s3fs.S3FileSystem(
+        session=_session_without_expect_continue(),
         anon=options.anon,
         client_kwargs=client_kwargs,
         config_kwargs=config_kwargs,

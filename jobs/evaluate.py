@@ -35,11 +35,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from colorize_core import imageio, storage
 from colorize_core import manifest as manifest_mod
-from colorize_core.config import CpuStageConfig, InferenceConfig, StorageConfig, _Strict, load_yaml, merge
+from colorize_core.config import JobConfig, load_yaml, merge
 from colorize_core.imageio import DEFAULT_MAX_PIXELS
 from colorize_core.stages import GRAY_BASELINE, PROTOCOLS, apply_protocol, eval_output_key
 from jobs.colorize import EXIT_FAILED, EXIT_OK, Progress, drain, package_versions
@@ -51,7 +51,7 @@ METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "colorfulness": "Colourful
 _LABEL = re.compile(r"[A-Za-z0-9._-]+")
 
 
-class EvaluateConfig(_Strict):
+class EvaluateConfig(JobConfig):
     manifest: str = Field(..., description="Parquet manifest of colour originals (image_id, uri), local or s3://.")
     output: str = Field(..., description="Output prefix, local or s3://.")
     models: list[str] = Field(..., min_length=1, description="Registry names, checkpoint directory URIs, or "
@@ -73,21 +73,6 @@ class EvaluateConfig(_Strict):
     bootstrap_resamples: int = Field(2000, ge=100, description="Resamples of the paired differences "
                                      "against gray for their 95% percentile interval.")
     seed: int = Field(0, description="Seed of the bootstrap and of the report's random sample.")
-    inference: InferenceConfig = Field(default_factory=InferenceConfig)
-    cpu: CpuStageConfig = Field(default_factory=CpuStageConfig)
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-
-    @field_validator("output_format", mode="before")
-    @classmethod
-    def _fmt(cls, v: Any) -> Any:
-        return {"jpg": "jpeg"}.get(str(v).lower(), str(v).lower()) if v is not None else v
-
-    def resolved(self) -> dict[str, Any]:
-        """JSON-safe resolved config with secrets removed (config.json)."""
-        data = self.model_dump(mode="json")
-        for key in ("access_key_id", "secret_access_key"):
-            data["storage"][key] = "***" if getattr(self.storage, key) else None
-        return data
 
 
 def model_specs(cfg: EvaluateConfig) -> list[tuple[str, str, str | None]]:

@@ -100,9 +100,7 @@ class TrainConfig(BaseModel):
 
     def resolved(self) -> dict[str, Any]:
         """JSON-safe config with secrets masked, written as config.json."""
-        data = self.model_dump(mode="json")
-        data["storage"]["access_key_id"] = "***" if self.storage.access_key_id else None
-        data["storage"]["secret_access_key"] = "***" if self.storage.secret_access_key else None
+        data = {**self.model_dump(mode="json"), "storage": self.storage.redacted()}
         data["loss"], data["crop_size"] = self.resolved_loss(), self.resolved_crop()
         return data
 

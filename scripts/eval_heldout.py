@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in rs:
                 print(f"{r['image_id']:40s} {name[:28]:28s} {r['psnr']:7.2f} {r['ssim']:7.4f} {r['colorfulness']:8.2f}")
     print(f"\nheld-out: {args.manifest} (n = {len(images)}), model input {info.input_size}, full-resolution scoring")
-    print(f"| method | PSNR (dB) | SSIM | colourfulness | n |\n|---|---|---|---|---|")
+    print("| method | PSNR (dB) | SSIM | colourfulness | n |\n|---|---|---|---|---|")
     summary = {}
     for name, rs in rows.items():
         s = training.summarize(rs)

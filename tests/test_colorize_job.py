@@ -85,7 +85,7 @@ def test_local_run_layout_metrics_and_bad_input(ray_cluster, tmp_path):
     options = storage.StorageOptions.from_env()
     rows, expected_ok = _mixed_inputs(str(tmp_path), options)
     model = jobkit.tiny_checkpoint(str(tmp_path / "ckpt"))
-    manifest = jobkit.write_manifest(str(tmp_path / "manifest" / "part-0.parquet"), rows)
+    jobkit.write_manifest(str(tmp_path / "manifest" / "part-0.parquet"), rows)
     cfg = ColorizeConfig(manifest=str(tmp_path / "manifest"), output=str(tmp_path / "out"), model=model,
                          shard_rows=7, cpu={"batch_size": 4}, inference={"batch_size": 4})
     summary = job.run(cfg, progress=False)
@@ -267,3 +267,33 @@ def test_two_node_cluster(tmp_path):
     assert result["nodes"] == 2 and result["cpus"] == 4
     assert result["ok"] == 12 and result["error"] == 0
     assert len(jobkit.read_metrics(str(tmp_path / "out"))) == 12
+
+
+def test_siggraph17_hints_reach_the_model(ray_cluster, tmp_path):
+    """A manifest `hints` column (list<struct<x, y, a, b>>) travels through Ray Data to SIGGRAPH17 and
+    changes its output; rows without hints run automatic colorization."""
+    import torch
+
+    from tests.test_models import SIGGRAPH17_LAYOUT, official_state_dict
+
+    # Scaled random weights in the official layout: PyTorch's default init saturates the tanh head,
+    # which makes any input, hints included, hardly matter.
+    weights = tmp_path / "siggraph17-random.pth"
+    torch.save(official_state_dict(SIGGRAPH17_LAYOUT), weights)
+    gray = jobkit.gray_image((64, 64))
+    uris = jobkit.put_images(str(tmp_path / "in"), {"g.png": gray})
+    hints = [{"x": 0.5, "y": 0.5, "a": 60.0, "b": 60.0}, {"x": 0.1, "y": 0.9, "a": -40.0, "b": 30.0}]
+    manifest = jobkit.write_manifest(str(tmp_path / "m.parquet"), [
+        {"image_id": "auto", "uri": uris["g.png"], "hints": None},
+        {"image_id": "hinted", "uri": uris["g.png"], "hints": hints},
+    ])
+    cfg = ColorizeConfig(manifest=manifest, output=str(tmp_path / "out"), model="siggraph17", weights=str(weights),
+                         output_format="png", inference={"precision": "fp32"})
+    summary = job.run(cfg, progress=False)
+    assert summary["counts"]["ok"] == 2
+    auto = jobkit.decode(str(tmp_path / "out" / "images" / "auto.png")).astype(int)
+    hinted = jobkit.decode(str(tmp_path / "out" / "images" / "hinted.png")).astype(int)
+    assert auto.shape == hinted.shape == (64, 64, 3)
+    diff = np.abs(auto - hinted).max(-1)
+    assert diff.max() > 10, "the hints did not change the output"
+    assert diff[28:36, 28:36].mean() > diff[:8, 40:].mean(), "the change is largest where the hint is"

@@ -272,9 +272,9 @@ def test_gpu_cluster_gets_one_actor_per_gpu():
     assert res.cpus_per_actor == 1
 
 
-def test_small_cpu_cluster_gets_one_single_threaded_actor():
+def test_small_cpu_cluster_gets_one_actor_reserving_one_cpu_using_both():
     res = plan_resources(minimal(), cluster={"CPU": 2})
-    assert (res.device, res.num_actors, res.cpus_per_actor, res.gpus_per_actor, res.threads) == ("cpu", 1, 1, 0.0, 1)
+    assert (res.device, res.num_actors, res.cpus_per_actor, res.gpus_per_actor, res.threads) == ("cpu", 1, 1, 0.0, 2)
 
 
 def test_large_cpu_cluster_gets_one_actor_per_16_cpus_with_half_the_cpus():
@@ -282,7 +282,7 @@ def test_large_cpu_cluster_gets_one_actor_per_16_cpus_with_half_the_cpus():
     assert res.device == "cpu"
     assert res.num_actors == 4
     assert res.num_actors * res.cpus_per_actor <= 32
-    assert res.threads == int(res.cpus_per_actor)
+    assert res.threads == 2 * int(res.cpus_per_actor) == 64 // res.num_actors
 
 
 def test_explicit_settings_are_respected():

@@ -288,3 +288,19 @@ def test_ray_workers_read_with_shipped_options(ray_cluster, s3_server, s3_prefix
     results = ray.get([read.remote(u, s3_server.options) for u in uris])
     assert [data for data, _ in results] == [bytes([i]) * 3 for i in range(4)]
     assert {env for _, env in results} == {"when_required"}  # conftest's environment reached the workers
+
+
+@pytest.mark.integration
+def test_s3_puts_send_no_expect_100_continue(s3_server, s3_prefix):
+    """botocore's Expect: 100-continue made a PUT hang for good on a pooled connection to SeaweedFS
+    (the server's interim response sat unread); our client never sends it, empty bodies included."""
+    fs, _ = storage.filesystem(s3_prefix + "warm", s3_server.options)
+    storage.write_bytes(s3_prefix + "warm", b"1", s3_server.options)  # creates the client
+    headers: list[dict] = []
+    fs.s3.meta.events.register("before-send.s3", lambda request, **kw: headers.append(dict(request.headers)))
+    for i, payload in enumerate((b"abc", b"", b"x" * 100_000)):
+        storage.write_bytes(s3_prefix + f"put{i}", payload, s3_server.options)
+        assert storage.read_bytes(s3_prefix + f"put{i}", s3_server.options) == payload
+    puts = [h for h in headers if "Content-Length" in h or "content-length" in {k.lower() for k in h}]
+    assert puts, "no request was observed"
+    assert all("expect" not in {k.lower() for k in h} for h in headers), headers

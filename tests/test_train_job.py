@@ -77,3 +77,30 @@ def test_two_worker_training_resumes_from_the_saved_step(ray_cluster, tmp_path):
     # Budget already met: a third run trains nothing and leaves the checkpoints alone.
     assert main(["--config", str(config), "--set", "max_steps=4"]) == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+
+
+def test_checkpoints_to_s3_load_in_the_colorize_path(ray_cluster, s3_server, s3_prefix, tmp_path):
+    """Training output on the real S3 server: checkpoint + latest pointer + curves, and the checkpoint
+    loads by its s3:// URI as a model, credentials coming from the config alone."""
+    from colorize_core import storage
+
+    manifest = make_images(tmp_path, n=3)
+    out = storage.join(s3_prefix, "train")
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "architecture": "unet", "arguments": {"base_channels": 4, "depth": 2},
+        "train_manifest": manifest, "val_manifest": manifest, "output": out,
+        "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 32,
+        "num_workers": 1, "use_gpu": False, "seed": 0,
+        "storage": {"endpoint_url": s3_server.endpoint_url, "region": s3_server.region,
+                    "access_key_id": s3_server.key, "secret_access_key": s3_server.secret},
+    }))
+    assert main(["--config", str(config)]) == 0
+    opts = s3_server.options
+    latest = storage.read_bytes(storage.join(out, "latest"), opts).decode()
+    assert latest == step_dir(2)
+    assert storage.read_bytes(storage.join(out, "curves.png"), opts)[:4] == b"\x89PNG"
+    written = storage.read_bytes(storage.join(out, "config.json"), opts).decode()
+    assert s3_server.secret not in written and s3_server.key not in written
+    model, info = load_model(storage.join(out, latest), storage_options=opts)
+    assert info.name == "unet" and info.num_params == sum(p.numel() for p in model.parameters())
