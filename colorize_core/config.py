@@ -104,6 +104,9 @@ class ColorizeConfig(JobConfig):
     hint_radius: int = Field(2, ge=0, description="SIGGRAPH17 hints paint a (2r+1)^2 patch at model size.")
     shard_rows: int = Field(1000, ge=1, description="Rows per manifest shard, the unit of resume: a crash "
                             "redoes at most the shards in flight.")
+    shards_per_dataset: int = Field(200, ge=1, description="Shards per Ray Dataset: very large manifests run "
+                                    "as waves of this many shards, which bounds the driver's Ray Data "
+                                    "bookkeeping; each wave restarts the inference actors (seconds).")
     overwrite: bool = Field(False, description="Ignore previous progress and redo every image.")
     max_error_fraction: float = Field(1.0, ge=0, le=1, description="Exit non-zero above this error fraction.")
     limit: int | None = Field(None, ge=1, description="Process at most this many manifest rows (smoke runs).")

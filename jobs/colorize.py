@@ -232,9 +232,15 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
             ComposeStage(options, cfg.output, cfg.output_format, cfg.quality, cfg.saturation,
                          model_info.name, cfg.max_pixels),
         )
-        ds = build_dataset([s.to_dict() for s in pending], *stages, cfg, res)
-        counts = drain(ds, {s.shard_id: s.num_rows for s in pending}, cfg.output, options,
-                       Progress(total, skipped, enabled=progress))
+        bar = Progress(total, skipped, enabled=progress)
+        # One Ray Dataset per wave of shards: the driver's Ray Data bookkeeping (per-block metadata and
+        # stats) grows with the blocks of a dataset, so a huge manifest is cut into bounded waves.
+        for start in range(0, len(pending), cfg.shards_per_dataset):
+            wave = pending[start: start + cfg.shards_per_dataset]
+            ds = build_dataset([s.to_dict() for s in wave], *stages, cfg, res)
+            got = drain(ds, {s.shard_id: s.num_rows for s in wave}, cfg.output, options, bar, close=False)
+            counts = {k: counts[k] + got[k] for k in counts}
+        bar.close()
 
     wall = time.monotonic() - t0
     processed = counts["ok"] + counts["error"]
@@ -258,7 +264,7 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     return summary
 
 
-def drain(ds, expected: dict[str, int], output: str, options, bar: Progress) -> dict[str, int]:
+def drain(ds, expected: dict[str, int], output: str, options, bar: Progress, close: bool = True) -> dict[str, int]:
     """Consume the pipeline's metrics rows; write each shard's metrics (and marker) as soon as all of
     its ``expected[shard_id]`` rows are in. Returns ok/error row counts."""
     counts = {"ok": 0, "error": 0}
@@ -274,7 +280,8 @@ def drain(ds, expected: dict[str, int], output: str, options, bar: Progress) -> 
         counts["ok"] += ok
         counts["error"] += n - ok
         bar.update(ok, n - ok)
-    bar.close()
+    if close:
+        bar.close()
     if buffers:
         raise RuntimeError(f"pipeline ended with incomplete shards: {sorted(buffers)[:5]}")
     return counts
@@ -292,21 +299,17 @@ def _finish_shard(output: str, shard_id: str, rows: list[dict[str, Any]], option
 
 
 def main(argv: list[str] | None = None) -> int:
+    from colorize_core.models import WeightsError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
         summary = run(cfg, ray_address=args.ray_address, progress=not args.quiet)
-    except (manifest_mod.ManifestError, ValueError, FileNotFoundError) as exc:
+    except (manifest_mod.ManifestError, ValueError, FileNotFoundError, WeightsError) as exc:
+        # Input and configuration problems: one line, no traceback. Anything else is a bug and raises.
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:
-        from colorize_core.models import WeightsError
-
-        if isinstance(exc, WeightsError):
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        raise
     c = summary["counts"]
     print(json.dumps({"output": summary["output"], **c, "images_per_second": summary["images_per_second"]}))
     processed = c["ok"] + c["error"]

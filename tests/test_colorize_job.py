@@ -297,3 +297,18 @@ def test_siggraph17_hints_reach_the_model(ray_cluster, tmp_path):
     diff = np.abs(auto - hinted).max(-1)
     assert diff.max() > 10, "the hints did not change the output"
     assert diff[28:36, 28:36].mean() > diff[:8, 40:].mean(), "the change is largest where the hint is"
+
+
+def test_waves_of_shards_cover_every_row_once(ray_cluster, tmp_path):
+    """A manifest larger than shards_per_dataset runs as several Ray Datasets, one progress count."""
+    images = {f"w{i}.jpg": b for i, b in enumerate(jobkit.colour_images(9, size=(48, 40)))}
+    uris = jobkit.put_images(str(tmp_path / "in"), images)
+    manifest = jobkit.write_manifest(str(tmp_path / "m.parquet"),
+                                     [{"image_id": k.split(".")[0], "uri": v} for k, v in uris.items()])
+    cfg = ColorizeConfig(manifest=manifest, output=str(tmp_path / "out"), model=jobkit.tiny_checkpoint(
+        str(tmp_path / "ckpt")), shard_rows=2, shards_per_dataset=2)
+    summary = job.run(cfg, progress=False)
+    assert summary["counts"] == {"total": 9, "ok": 9, "error": 0, "skipped": 0}
+    ids = [r["image_id"] for r in jobkit.read_metrics(cfg.output).to_pylist()]
+    assert sorted(ids) == sorted(k.split(".")[0] for k in images)
+    assert len(list((tmp_path / "out" / "_state" / "completions").glob("*.done"))) == 5
