@@ -305,3 +305,15 @@ def test_no_cpu_left_for_cpu_stages_raises(inference, cpus):
 def test_cuda_on_a_cpu_only_cluster_raises():
     with pytest.raises(RuntimeError, match="no GPU"):
         plan_resources(minimal(inference={"device": "cuda"}), cluster={"CPU": 64})
+
+
+def test_cluster_manifests_parse_and_run_the_job():
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "cluster"
+    launcher = yaml.safe_load((root / "ray-cluster-aws.yaml").read_text())
+    assert {"head", "cpu_worker", "gpu_worker"} <= set(launcher["available_node_types"])
+    rayjob = yaml.safe_load((root / "kuberay-rayjob.yaml").read_text())
+    assert rayjob["kind"] == "RayJob" and "jobs.colorize" in rayjob["spec"]["entrypoint"]
+    config = rayjob["spec"]["entrypoint"].split("--config ")[1].split()[0].removeprefix("/app/")
+    assert (root.parent / config).is_file()
