@@ -195,6 +195,7 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     import ray
 
     from colorize_core.models import get_entry, load_model
+    from colorize_core.models.checkpoint import is_checkpoint_uri
     from colorize_core.ray_adapter import build_dataset, plan_resources
     from colorize_core.stages import ComposeStage, DecodeStage, ExpandShards, InferenceStage
 
@@ -251,7 +252,7 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
         "images_per_second": processed / wall if wall > 0 else None,
         "wall_seconds": wall,
         "model": model_info.name,
-        "model_description": get_entry(model_info.name).description if "/" not in cfg.model else cfg.model,
+        "model_description": cfg.model if is_checkpoint_uri(cfg.model) else get_entry(model_info.name).description,
         "weights": model_info.weights,
         "weights_sha256": model_info.weights_sha256,
         "num_params": model_info.num_params,

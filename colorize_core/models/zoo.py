@@ -84,7 +84,8 @@ COMPACT_META: dict = {
     "trained_on": "41 images from package registries (scikit-image sample data, Debian gnome-backgrounds "
                   "43.1-1, plasma-workspace-wallpapers 5.27.5); see docs/DATA_LICENSES.md",
     "recipe": "configs/train-compact.yaml: 800 steps lr 1e-3 + 160 steps lr 1e-4, L1, 2 CPU workers x 12 crops",
-    # Held-out split (11 images, full resolution, scripts/eval_heldout.py); gray = the L with ab = 0.
+    # Held-out split (11 images, full resolution; python -m jobs.evaluate --manifest
+    # out/training-data/heldout.parquet --models compact); gray = the L with ab = 0.
     "heldout_psnr": 17.78,
     "heldout_ssim": 0.8656,
     "heldout_colorfulness": 38.3,
