@@ -31,13 +31,12 @@ from PIL import Image
 
 from . import color, imageio, metrics, storage
 from .manifest import Shard, read_shard
+from .schema import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
 
-METRIC_COLUMNS = ("image_id", "status", "error", "model", "width", "height", "psnr", "ssim", "rmse",
-                  "colorfulness", "deltae2000", "seconds", "metrics_against")
 MAX_ERROR_CHARS = 300
 
 

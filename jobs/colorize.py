@@ -34,20 +34,13 @@ import pyarrow as pa
 from colorize_core import manifest as manifest_mod
 from colorize_core import storage
 from colorize_core.config import ColorizeConfig, load_yaml, merge
-from colorize_core.stages import METRIC_COLUMNS
+from colorize_core.schema import METRICS_SCHEMA
 
 log = logging.getLogger("jobs.colorize")
 
 EXIT_OK, EXIT_FAILED, EXIT_TOO_MANY_ERRORS = 0, 1, 3
 PACKAGES = ("ray", "torch", "numpy", "pyarrow", "pillow", "scikit-image", "s3fs", "fsspec", "pydantic")
 
-METRICS_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("status", pa.string()), ("error", pa.string()), ("model", pa.string()),
-    ("width", pa.int64()), ("height", pa.int64()), ("psnr", pa.float64()), ("ssim", pa.float64()),
-    ("rmse", pa.float64()), ("colorfulness", pa.float64()), ("deltae2000", pa.float64()),
-    ("seconds", pa.float64()), ("metrics_against", pa.string()),
-])
-assert tuple(METRICS_SCHEMA.names) == METRIC_COLUMNS
 
 
 def build_parser() -> argparse.ArgumentParser:
