@@ -207,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
-        from jobs.colorize import main as run_main
+        from .pipeline import main as run_main
 
-        return run_main(argv[1:])
+        return run_main(argv[1:], prog="colorize run")
     args = build_parser().parse_args(argv)
     from .models import WeightsError
 

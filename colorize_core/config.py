@@ -108,6 +108,8 @@ class ColorizeConfig(JobConfig):
                                     "as waves of this many shards, which bounds the driver's Ray Data "
                                     "bookkeeping; each wave restarts the inference actors (seconds).")
     overwrite: bool = Field(False, description="Ignore previous progress and redo every image.")
+    retry_errors: bool = Field(False, description="Try rows that earlier runs recorded as errors again (after "
+                               "the cause was fixed); each image keeps one current metrics row.")
     max_error_fraction: float = Field(1.0, ge=0, le=1, description="Exit non-zero above this error fraction.")
     limit: int | None = Field(None, ge=1, description="Process at most this many manifest rows (smoke runs).")
 

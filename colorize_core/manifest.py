@@ -9,6 +9,7 @@ a and b in Lab units). Validation reads only the columns it checks, file by file
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import asdict, dataclass
 
@@ -20,6 +21,9 @@ from . import storage
 
 REQUIRED = ("image_id", "uri")
 OPTIONAL = ("reference_uri", "hints")
+OPTIONAL_TYPES = {"reference_uri": pa.string(),
+                  "hints": pa.list_(pa.struct([("x", pa.float64()), ("y", pa.float64()), ("a", pa.float64()),
+                                               ("b", pa.float64())]))}
 MAX_ID_LENGTH = 512
 MAX_REPORTED = 10
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -31,8 +35,9 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Shard:
-    """Rows [start, stop) of one manifest file. ``shard_id`` depends only on the file's name relative
-    to the manifest root and on ``start`` (a multiple of shard_rows), so it is stable across runs."""
+    """Rows [start, stop) of one manifest file. ``shard_id`` depends on the file's full URI, on its content
+    (a digest of its ids and uris) and on ``start`` (a multiple of shard_rows): stable across runs of the same
+    manifest, and never shared by two manifests that happen to have the same relative name."""
 
     shard_id: str
     file: str
@@ -53,6 +58,7 @@ class ManifestInfo:
     files: tuple[str, ...]
     rows_per_file: tuple[int, ...]
     columns: tuple[str, ...]
+    digests: tuple[str, ...] = ()  # per file: blake2b of its (image_id, uri) rows, in order
 
     @property
     def num_rows(self) -> int:
@@ -140,6 +146,7 @@ def validate(uri: str, options) -> ManifestInfo:
     rows_per_file = []
     columns: set[str] = set()
     digests: list[np.ndarray] = []
+    content: list[str] = []
     for path in files:
         fs, p = storage.filesystem(path, options)
         with fs.open(p, "rb") as f:
@@ -148,7 +155,9 @@ def validate(uri: str, options) -> ManifestInfo:
             columns.update(c for c in (*REQUIRED, *OPTIONAL) if c in pf.schema_arrow.names)
             rows_per_file.append(pf.metadata.num_rows)
         file_digests = []
+        whole = hashlib.blake2b(digest_size=16)
         for row, image_id, u in _iter_ids(path, options):
+            whole.update(repr((image_id, u)).encode())
             reason = id_problem(image_id)
             if reason is None and not u:
                 reason = "uri is null or empty"
@@ -157,6 +166,7 @@ def validate(uri: str, options) -> ManifestInfo:
             else:
                 file_digests.append(_id_digest(image_id))
         digests.append(np.array(file_digests, dtype=np.uint64))
+        content.append(whole.hexdigest())
     values, counts = np.unique(np.concatenate(digests) if digests else np.zeros(0, np.uint64), return_counts=True)
     repeated = set(values[counts > 1].tolist())
     if repeated:
@@ -175,7 +185,7 @@ def validate(uri: str, options) -> ManifestInfo:
         shown = "\n  ".join(problems[:MAX_REPORTED])
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
         raise ManifestError(f"manifest {uri} rejected, {len(problems)} bad row(s):\n  {shown}{more}")
-    return ManifestInfo(root, tuple(files), tuple(rows_per_file), tuple(sorted(columns)))
+    return ManifestInfo(root, tuple(files), tuple(rows_per_file), tuple(sorted(columns)), tuple(content))
 
 
 def _relative_name(root: str, path: str) -> str:
@@ -183,13 +193,20 @@ def _relative_name(root: str, path: str) -> str:
     return rel or path.rsplit("/", 1)[-1]
 
 
+def _full_uri(path: str) -> str:
+    return path if storage.is_s3(path) or "://" in path else "file://" + os.path.abspath(path)
+
+
 def plan_shards(info: ManifestInfo, shard_rows: int, limit: int | None = None) -> list[Shard]:
     shards = []
     budget = limit if limit is not None else float("inf")
-    for path, n in zip(info.files, info.rows_per_file):
+    digests = info.digests or ("",) * len(info.files)
+    for path, n, digest in zip(info.files, info.rows_per_file, digests):
         rel = _relative_name(info.root, path)
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", rel.removesuffix(".parquet"))[:80]
-        tag = hashlib.sha1(rel.encode()).hexdigest()[:8]
+        # The full URI and the content, not the relative name: manifests/a/m.parquet and manifests/b/m.parquet
+        # run into one output are different work.
+        tag = hashlib.sha1(f"{_full_uri(path)}\n{digest}".encode()).hexdigest()[:12]
         for start in range(0, n, shard_rows):
             if budget <= 0:
                 return shards
@@ -211,5 +228,11 @@ def read_shard(shard: Shard, options, columns: tuple[str, ...]) -> pa.Table:
                 groups.append(i)
                 first = offset if first is None else first
             offset += n
-        table = pf.read_row_groups(groups, columns=list(columns))
-    return table.slice(shard.start - first, shard.num_rows)
+        present = [c for c in columns if c in pf.schema_arrow.names]
+        table = pf.read_row_groups(groups, columns=present)
+    table = table.slice(shard.start - first, shard.num_rows)
+    # Files of one manifest may differ in optional columns: a missing one is all nulls.
+    for c in columns:
+        if c not in present:
+            table = table.append_column(c, pa.nulls(table.num_rows, OPTIONAL_TYPES.get(c, pa.string())))
+    return table.select(list(columns))

@@ -37,6 +37,7 @@ class StorageOptions:
     region: str | None = None
     key: str | None = None
     secret: str | None = None
+    token: str | None = None  # AWS_SESSION_TOKEN: temporary (assumed-role, SSO) credentials
     anon: bool = False
 
     @classmethod
@@ -60,6 +61,7 @@ class StorageOptions:
             "region": first("AWS_REGION", "AWS_DEFAULT_REGION"),
             "key": first("AWS_ACCESS_KEY_ID"),
             "secret": first("AWS_SECRET_ACCESS_KEY"),
+            "token": first("AWS_SESSION_TOKEN"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -67,7 +69,7 @@ class StorageOptions:
     def redacted(self) -> dict[str, Any]:
         """The fields as a dict that is safe to log: credentials become ``"***"`` when set."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("key", "secret"):
+        for name in ("key", "secret", "token"):
             if out[name] is not None:
                 out[name] = "***"
         return out
@@ -150,7 +152,7 @@ def _new_s3fs(options: StorageOptions) -> fsspec.AbstractFileSystem:
         config_kwargs["s3"] = {"addressing_style": "path"}
     if options.region:
         client_kwargs["region_name"] = options.region
-    credentials = {} if options.anon else {"key": options.key, "secret": options.secret}
+    credentials = {} if options.anon else {"key": options.key, "secret": options.secret, "token": options.token}
     return s3fs.S3FileSystem(
         session=_session_without_expect_continue(),
         anon=options.anon,

@@ -37,12 +37,14 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from colorize_core import imageio, storage
+from colorize_core import imageio, launch, storage
 from colorize_core import manifest as manifest_mod
-from colorize_core.config import JobConfig, load_yaml, merge
+from colorize_core.config import JobConfig
+from colorize_core.errors import UserError
 from colorize_core.imageio import DEFAULT_MAX_PIXELS
+from colorize_core.launch import EXIT_FAILED, EXIT_OK, Progress, package_versions
+from colorize_core.pipeline import check_counts, check_model_name, drain
 from colorize_core.stages import GRAY_BASELINE, PROTOCOLS, apply_protocol, eval_output_key
-from jobs.colorize import EXIT_FAILED, EXIT_OK, Progress, drain, package_versions
 
 log = logging.getLogger("jobs.evaluate")
 
@@ -105,10 +107,9 @@ def model_specs(cfg: EvaluateConfig) -> list[tuple[str, str, str | None]]:
 # --------------------------------------------------------------------------- the run
 
 
-def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool = True) -> dict[str, Any]:
+def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool = True,
+        verbose: bool = False) -> dict[str, Any]:
     """Score every model on the manifest; write metrics/, summary.json/.parquet and report.html."""
-    import ray
-
     from colorize_core.models import load_model
     from colorize_core.ray_adapter import build_dataset, plan_resources
     from colorize_core.stages import DecodeStage, EvalComposeStage, ExpandShards, InferenceStage, ScoredModel
@@ -121,10 +122,11 @@ def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool =
     # WeightsError, before anything runs (never score random weights).
     models = []
     for label, spec, weights in specs:
+        check_model_name(spec)
         _, model_info = load_model(spec, weights, storage_options=options)
         models.append((label, spec, weights, model_info))
     if storage.exists(storage.join(cfg.output, "_state", "run.json"), options):
-        raise ValueError(f"{cfg.output} holds a colorize job's output; evaluate into another --output")
+        raise UserError(f"{cfg.output} holds a colorize job's output; evaluate into another --output")
     for stale in ("metrics", "_state", "report"):
         storage.remove(storage.join(cfg.output, stale), options)
     storage.write_bytes(storage.join(cfg.output, "config.json"), json.dumps(cfg.resolved(), indent=2).encode(),
@@ -133,8 +135,7 @@ def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool =
     shards = manifest_mod.plan_shards(info, cfg.shard_rows, cfg.limit)
     n_images = sum(s.num_rows for s in shards)
     per_image = len(models) + 1
-    if not ray.is_initialized():
-        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    launch.init_ray(ray_address, verbose)
     res = plan_resources(cfg, pools=len(models))
     sizes = tuple(dict.fromkeys(tuple(m[3].input_size) for m in models))
     decode = DecodeStage(options, cfg.output, cfg.output_format, sizes[0], max_pixels=cfg.max_pixels,
@@ -438,23 +439,14 @@ def _grid_cell(report: str, name: str, payload: bytes, alt: str, options, captio
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config (flags given here override it)")
+    p = launch.job_parser("python -m jobs.evaluate", __doc__)
     p.add_argument("--manifest", help="Parquet manifest of colour originals, local or s3://")
-    p.add_argument("--output", help="output prefix, local or s3://")
     p.add_argument("--models", help="comma-separated: registry names, checkpoint URIs, or label=URI")
     p.add_argument("--weights", help="comma-separated label=official|PATH|URI")
     p.add_argument("--protocol", choices=list(PROTOCOLS))
     p.add_argument("--output-format", dest="output_format", choices=["png", "jpeg", "jpg", "webp"])
     p.add_argument("--sample-size", dest="sample_size", type=int, help="images in the report grid")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="inference batch size")
-    p.add_argument("--num-actors", dest="num_actors", type=int, help="replicas per model")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--ray-address", dest="ray_address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    launch.add_run_flags(p)
     return p
 
 
@@ -469,33 +461,26 @@ def _pairs(text: str) -> dict[str, str]:
 
 
 def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
-    base = load_yaml(args.config) if args.config else {}
     flags = {k: getattr(args, k) for k in ("manifest", "output", "protocol", "output_format", "sample_size",
                                           "limit")}
     flags["models"] = [s.strip() for s in args.models.split(",") if s.strip()] if args.models else None
     flags["weights"] = _pairs(args.weights) if args.weights else None
-    flags["inference"] = {"batch_size": args.batch_size, "num_actors": args.num_actors,
-                          "precision": args.precision, "device": args.device}
-    return EvaluateConfig(**merge(base, flags))
+    flags["inference"] = launch.inference_flags(args)
+    return launch.load_config(EvaluateConfig, args, flags)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pydantic import ValidationError
-
-    from colorize_core.models import WeightsError
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         cfg = config_from_args(args)
-        summary = run(cfg, ray_address=args.ray_address, progress=not args.quiet)
-    except (manifest_mod.ManifestError, ValidationError, ValueError, KeyError, FileNotFoundError,
-            WeightsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(json.dumps({"output": summary["output"], "protocol": summary["protocol"], "n_images": summary["n_images"],
-                      "psnr_mean": {m: s["psnr"]["mean"] for m, s in summary["metrics"].items()}}))
-    return EXIT_OK
+        summary = run(cfg, ray_address=args.ray_address, progress=not args.quiet, verbose=args.verbose)
+        print(json.dumps({"output": summary["output"], "protocol": summary["protocol"],
+                          "n_images": summary["n_images"],
+                          "psnr_mean": {m: s["psnr"]["mean"] for m, s in summary["metrics"].items()}}))
+        return check_counts(summary["counts"], 1.0)
+
+    return launch.main_wrapper(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

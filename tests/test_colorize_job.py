@@ -90,7 +90,8 @@ def test_local_run_layout_metrics_and_bad_input(ray_cluster, tmp_path):
                          shard_rows=7, cpu={"batch_size": 4}, inference={"batch_size": 4})
     summary = job.run(cfg, progress=False)
     n_ok = sum(expected_ok.values())
-    assert summary["counts"] == {"total": len(rows), "ok": n_ok, "error": len(rows) - n_ok, "skipped": 0}
+    assert summary["counts"] == {"total": len(rows), "ok": n_ok, "error": len(rows) - n_ok, "transient": 0,
+                                 "skipped": 0}
     _check_outputs(cfg, rows, expected_ok, options)
     out = tmp_path / "out"
     assert (out / "config.json").exists() and (out / "summary.json").exists()
@@ -166,14 +167,16 @@ def test_error_fraction_exit_code(ray_cluster, tmp_path):
         job.EXIT_TOO_MANY_ERRORS
 
 
-def test_rerun_with_other_settings_is_refused(ray_cluster, tmp_path):
+def test_rerun_with_other_settings_is_refused(ray_cluster, tmp_path, capsys):
     uris = jobkit.put_images(str(tmp_path / "in"), {"a.jpg": jobkit.colour_images(1)[0]})
     manifest = jobkit.write_manifest(str(tmp_path / "m.parquet"), [{"image_id": "a", "uri": uris["a.jpg"]}])
     model = jobkit.tiny_checkpoint(str(tmp_path / "ckpt"))
     base = ["--manifest", manifest, "--model", model, "--output", str(tmp_path / "o"), "--quiet"]
     assert job.main(base) == job.EXIT_OK
-    with pytest.raises(SystemExit, match="other settings"):
-        job.main([*base, "--output-format", "png"])
+    capsys.readouterr()
+    assert job.main([*base, "--output-format", "png"]) == job.EXIT_FAILED
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "other settings" in err and "--overwrite" in err
     assert job.main([*base, "--output-format", "png", "--overwrite"]) == job.EXIT_OK
     assert (tmp_path / "o" / "images" / "a.png").exists()
 
@@ -306,7 +309,7 @@ def test_waves_of_shards_cover_every_row_once(ray_cluster, tmp_path):
     cfg = ColorizeConfig(manifest=manifest, output=str(tmp_path / "out"), model=jobkit.tiny_checkpoint(
         str(tmp_path / "ckpt")), shard_rows=2, shards_per_dataset=2)
     summary = job.run(cfg, progress=False)
-    assert summary["counts"] == {"total": 9, "ok": 9, "error": 0, "skipped": 0}
+    assert summary["counts"] == {"total": 9, "ok": 9, "error": 0, "transient": 0, "skipped": 0}
     ids = [r["image_id"] for r in jobkit.read_metrics(cfg.output).to_pylist()]
     assert sorted(ids) == sorted(k.split(".")[0] for k in images)
     assert len(list((tmp_path / "out" / "_state" / "completions").glob("*.done"))) == 5

@@ -58,8 +58,11 @@ def test_unknown_keys_are_rejected_at_top_level_and_nested():
 def test_unknown_yaml_key_is_rejected(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("manifest: m\ninference:\n  batch_sise: 3\n")
-    with pytest.raises(ValidationError, match="batch_sise"):
+    from colorize_core.errors import UserError
+
+    with pytest.raises(UserError, match="unknown key 'inference.batch_sise'") as info:
         from_flags("--config", str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
 @pytest.mark.parametrize("given, expected", [("jpg", "jpeg"), ("JPG", "jpeg"), ("jpeg", "jpeg"), ("PNG", "png"),

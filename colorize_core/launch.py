@@ -1,0 +1,264 @@
+"""How every job starts and ends: shared flags, config loading, a quiet Ray, one progress bar, one-line errors.
+
+Jobs differ only in what they compute. Each builds its parser from :func:`job_parser` and
+:func:`add_pipeline_flags`, turns flags into its typed config with :func:`load_config`, and runs its body
+through :func:`main_wrapper`, which maps user mistakes (:class:`~colorize_core.errors.UserError`, a bad
+manifest, bad weights, a config that does not validate) to ``error: <one line>`` and exit 1.
+
+Ray is imported here (to start or join a cluster) and in :mod:`colorize_core.ray_adapter` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+from .errors import UserError
+
+EXIT_OK, EXIT_FAILED, EXIT_TOO_MANY_ERRORS, EXIT_UNFINISHED = 0, 1, 3, 4
+PACKAGES = ("ray", "torch", "numpy", "pyarrow", "pillow", "scikit-image", "s3fs", "fsspec", "pydantic")
+log = logging.getLogger("colorize")
+
+
+class Unfinished(Exception):
+    """Rows left unfinished by transient failures: the message says a plain rerun finishes them."""
+
+
+# --------------------------------------------------------------------------------------------- flags
+
+
+def job_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (flags given here override it)")
+    p.add_argument("--output", help="output prefix, local or s3://")
+    return p
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of every Ray job: pool sizes, cluster, output noise."""
+    p.add_argument("--limit", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="inference batch size")
+    p.add_argument("--num-actors", dest="num_actors", type=int, help="inference replicas")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--ray-address", dest="ray_address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--verbose", action="store_true", help="Ray's own logs and per-operator progress too")
+
+
+COLORIZE_FLAGS = ("model", "weights", "temperature", "output_format", "quality", "saturation", "max_pixels",
+                  "shard_rows", "limit", "max_error_fraction", "overwrite", "retry_errors")
+
+
+def add_colorize_flags(p: argparse.ArgumentParser) -> None:
+    """The colorize job's flags (also every backfill's)."""
+    p.add_argument("--model", help="registry name or checkpoint directory URI (default: compact)")
+    p.add_argument("--weights", help="'official', local path, https:// or s3:// URI")
+    p.add_argument("--temperature", type=float, help="ECCV16 annealed-mean temperature")
+    p.add_argument("--output-format", dest="output_format", choices=["jpeg", "jpg", "png", "webp"])
+    p.add_argument("--quality", type=int)
+    p.add_argument("--saturation", type=float)
+    p.add_argument("--max-pixels", dest="max_pixels", type=int)
+    p.add_argument("--shard-rows", dest="shard_rows", type=int)
+    p.add_argument("--max-error-fraction", dest="max_error_fraction", type=float)
+    p.add_argument("--overwrite", action="store_true", default=None, help="ignore earlier progress, redo all")
+    p.add_argument("--retry-errors", dest="retry_errors", action="store_true", default=None,
+                   help="try rows that earlier runs recorded as errors again")
+    add_run_flags(p)
+
+
+def inference_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {"batch_size": args.batch_size, "num_actors": args.num_actors, "precision": args.precision,
+            "device": args.device}
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+def format_validation_error(exc: Exception, what: str = "config") -> str:
+    """A pydantic ValidationError as one line: each problem as ``key: reason``."""
+    try:
+        from .config import format_validation_error as theirs  # the config module's formatter, when present
+
+        return theirs(exc)
+    except ImportError:
+        pass
+    parts = []
+    for err in getattr(exc, "errors", lambda: [])():
+        loc = ".".join(str(x) for x in err.get("loc", ())) or what
+        kind = err.get("type", "")
+        if kind == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        elif kind == "missing":
+            parts.append(f"'{loc}' is required (--{loc.replace('_', '-')} or '{loc}:' in --config)")
+        else:
+            parts.append(f"'{loc}': {err.get('msg', kind)}")
+    return f"{what}: " + "; ".join(parts) if parts else f"{what}: {exc}"
+
+
+def load_config(cls, args: argparse.Namespace, flags: dict[str, Any], defaults: dict[str, Any] | None = None):
+    """``cls`` from the YAML file of ``--config`` (if any), overridden by flags that were given."""
+    from pydantic import ValidationError
+
+    from .config import load_yaml, merge
+
+    try:
+        base = load_yaml(args.config) if getattr(args, "config", None) else {}
+    except FileNotFoundError:
+        raise UserError(f"--config {args.config}: no such file") from None
+    except Exception as exc:  # YAML syntax
+        raise UserError(f"--config {args.config}: {str(exc).splitlines()[0]}") from None
+    data = merge(base, flags)
+    for key, value in (defaults or {}).items():
+        if not data.get(key):
+            data[key] = value
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, getattr(args, "config", None) or "flags")) from None
+
+
+# --------------------------------------------------------------------------------------------- Ray
+
+
+def init_ray(address: str | None = None, verbose: bool = False) -> None:
+    """Start or join Ray, quietly unless ``verbose``: no token-auth notice, no C++ error-level chatter about
+    actor constructor arguments, Ray Data's own progress blocks off (the job draws one bar)."""
+    if not verbose:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        if not address:
+            # A new local cluster: token authentication on, said explicitly (so Ray need not warn about it).
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        ray.init(address=address, logging_level=logging.INFO if verbose else logging.WARNING,
+                 log_to_driver=verbose, configure_logging=True)
+    quiet_ray_data(verbose)
+
+
+def quiet_ray_data(verbose: bool = False) -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = verbose
+    ctx.enable_operator_progress_bars = verbose
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+# --------------------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """One progress bar (tqdm on a terminal); on a non-terminal one line at most every ``interval`` seconds."""
+
+    def __init__(self, total: int, skipped: int, enabled: bool = True, label: str = "colorize",
+                 interval: float = 30.0):
+        self.total, self.skipped, self.enabled, self.label, self.interval = total, skipped, enabled, label, interval
+        self.ok = self.error = self.transient = 0
+        self.t0 = self.last = time.monotonic()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=skipped, desc=label, unit="img", file=sys.stderr,
+                                dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, ok: int, error: int, transient: int = 0) -> None:
+        self.ok += ok
+        self.error += error
+        self.transient += transient
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(ok + error + transient)
+            self.bar.set_postfix(ok=self.ok, error=self.error, **({"transient": self.transient}
+                                                                   if self.transient else {}), refresh=False)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._line()
+
+    def _line(self) -> None:
+        done = self.ok + self.error + self.transient
+        rate = done / max(time.monotonic() - self.t0, 1e-9)
+        extra = f"  transient {self.transient}" if self.transient else ""
+        print(f"[{self.label}] {done + self.skipped}/{self.total} rows  ok {self.ok}  error {self.error}{extra}  "
+              f"skipped {self.skipped}  {rate:.2f} img/s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            self._line()
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
+    from .manifest import ManifestError
+    from .models import WeightsError
+
+    # ValueError: the library's checks of given values (unsupported URI scheme, bad --weights pairs).
+    return UserError, ManifestError, WeightsError, ValidationError, ValueError
+
+
+def one_line(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return format_validation_error(exc)
+    text = str(exc).strip()
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    return text
+
+
+def main_wrapper(body: Callable[[], int], *, verbose: bool = False) -> int:
+    """Run a job's body; user mistakes print ``error: <line>`` and return 1, unfinished rows return 4.
+
+    A manifest problem may span lines (it names each bad row); every other mistake is one line."""
+    if not verbose:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return body()
+    except Unfinished as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNFINISHED
+    except user_error_types() as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except (FileNotFoundError, PermissionError) as exc:
+        # A path the user gave (manifest, weights, output) that cannot be read or written.
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,426 @@
+"""Run state under an output prefix: what is done, what produced it, and who may write there now.
+
+Every job that writes under ``--output`` keeps its state in ``<output>/_state/``:
+
+    run.json                        the run identity: every setting that changes an output byte
+    completions/<shard>__<rows>.done   one current marker per shard (metrics first, then the marker)
+    ledger.parquet                  backfills: one row per source object colorized (key, version, ...)
+    backfill.lease                  backfills: who holds the output now, and until when
+
+A marker stands beside a complete metrics file only; a shard with a ``transient`` row gets none, so a plain
+rerun finishes it. The identity refuses to mix outputs of different weights *content* or settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from . import storage
+from .errors import OK, TRANSIENT, UserError
+from .schema import METRICS_SCHEMA
+
+STATE = "_state"
+MARKERS = "completions"
+
+
+def state_uri(output: str, *parts: str) -> str:
+    return storage.join(output, STATE, *parts)
+
+
+def utc_now(t: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
+
+
+# --------------------------------------------------------------------------------------------- run identity
+
+
+def check_identity(output: str, identity: dict[str, Any], options, *, overwrite: bool) -> bool:
+    """Record ``identity`` (settings that change outputs, weights by content hash) in run.json.
+
+    Returns True when an earlier run's progress exists, so rows must be checked against written images.
+    Raises UserError when the output holds a run with another identity (one line, says what to do)."""
+    uri = state_uri(output, "run.json")
+    if overwrite:
+        storage.remove(state_uri(output), options)
+        storage.remove(storage.join(output, "metrics"), options)
+        previous = None
+    else:
+        try:
+            previous = json.loads(storage.read_bytes(uri, options))
+        except FileNotFoundError:
+            previous = None
+    if previous is not None and previous != identity:
+        keys = sorted(set(previous) | set(identity))
+        diff = {k: (previous.get(k), identity.get(k)) for k in keys if previous.get(k) != identity.get(k)}
+        shown = ", ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in diff.items())
+        raise UserError(f"{output} holds a run with other settings ({shown}); use --overwrite to redo it, "
+                        f"or another --output")
+    storage.write_bytes(uri, json.dumps(identity, sort_keys=True).encode(), options)
+    return previous is not None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text[:12] + "..." if isinstance(value, str) and len(value) == 64 else text
+
+
+# --------------------------------------------------------------------------------------------- markers
+
+
+def completed(output: str, options) -> dict[str, int]:
+    """shard_id -> rows its current marker covers. Where an interrupted clean-up left two markers for one
+    shard, the larger covers the smaller (shard rows always start at the shard's first row)."""
+    done: dict[str, int] = {}
+    for uri in storage.list_files(state_uri(output, MARKERS), options, suffix=".done"):
+        name = uri.rsplit("/", 1)[-1].removesuffix(".done")
+        shard_id, _, rows = name.rpartition("__")
+        if rows.isdigit():
+            done[shard_id] = max(done.get(shard_id, 0), int(rows))
+    return done
+
+
+def is_done(done: dict[str, int], shard_id: str, num_rows: int) -> bool:
+    return done.get(shard_id, -1) >= num_rows
+
+
+def _marker(output: str, shard_id: str, rows: int) -> str:
+    return state_uri(output, MARKERS, f"{shard_id}__{rows}.done")
+
+
+def mark_complete(output: str, shard_id: str, rows: list[dict[str, Any]], options,
+                  known: dict[str, int] | None = None) -> None:
+    """Write the shard's marker, then remove its older markers (one current marker per shard)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    body = {"rows": len(rows), **counts, "finished_at": utc_now()}
+    storage.write_bytes(_marker(output, shard_id, len(rows)), json.dumps(body).encode(), options)
+    old = known.get(shard_id) if known is not None else None
+    if known is None:
+        for uri in storage.list_files(state_uri(output, MARKERS), options, suffix=".done"):
+            name = uri.rsplit("/", 1)[-1].removesuffix(".done")
+            sid, _, n = name.rpartition("__")
+            if sid == shard_id and n.isdigit() and int(n) != len(rows):
+                storage.remove(uri, options)
+    elif old is not None and old != len(rows):
+        storage.remove(_marker(output, shard_id, old), options)
+
+
+def metrics_uri(output: str, shard_id: str) -> str:
+    return storage.join(output, "metrics", f"{shard_id}.parquet")
+
+
+def metrics_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows from the pipeline (numpy scalars, NaN for missing) as a table of METRICS_SCHEMA."""
+    cols = {}
+    for name in METRICS_SCHEMA.names:
+        vals = [r.get(name) for r in rows]
+        if name in ("width", "height"):
+            vals = [None if v is None or v < 0 else int(v) for v in vals]
+        elif METRICS_SCHEMA.field(name).type == pa.float64():
+            vals = [None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v) for v in vals]
+        else:  # Ray turns an all-None object column into NaNs on the way back
+            vals = [v if isinstance(v, str) else None for v in vals]
+        cols[name] = pa.array(vals, type=METRICS_SCHEMA.field(name).type)
+    return pa.table(cols, schema=METRICS_SCHEMA)
+
+
+def finish_shard(output: str, shard_id: str, rows: list[dict[str, Any]], options,
+                 known: dict[str, int] | None = None) -> bool:
+    """Metrics first, then the marker: a marker only ever stands beside a complete metrics file. A shard
+    with a transient row gets its metrics (the good rows are kept) but no marker. Returns whether marked."""
+    storage.write_parquet_table(metrics_table(rows), metrics_uri(output, shard_id), options)
+    if any(r["status"] == TRANSIENT for r in rows):
+        return False
+    mark_complete(output, shard_id, rows, options, known)
+    return True
+
+
+def shards_with_errors(output: str, shard_ids: Iterable[str], options) -> set[str]:
+    """Shards whose metrics hold a row that is neither ok (earlier permanent errors, to be retried)."""
+    out = set()
+    for sid in shard_ids:
+        try:
+            status = storage.read_parquet_table(metrics_uri(output, sid), options, columns=["status"])
+        except FileNotFoundError:
+            continue
+        if any(s != OK for s in status.column("status").to_pylist()):
+            out.add(sid)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- ledger
+
+LEDGER_SCHEMA = pa.schema([
+    ("key", pa.string()),        # object key relative to --source
+    ("version", pa.string()),    # ETag, or size:mtime where the store has none
+    ("image_id", pa.string()),
+    ("shard_id", pa.string()),   # the metrics file holding the image's current row
+    ("status", pa.string()),     # ok / error of that row
+    ("done_at", pa.string()),
+])
+
+
+def digest64(values: Iterable[str]) -> np.ndarray:
+    """64-bit digests: the ledger is compared by digest, 16 bytes per key, never a set of strings."""
+    import hashlib
+
+    return np.fromiter((int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
+                        for v in values), dtype=np.uint64)
+
+
+class LedgerIndex:
+    """Sorted digests of the ledger's keys and versions, for membership and change tests by key."""
+
+    def __init__(self, keys: np.ndarray, versions: np.ndarray, errors: np.ndarray):
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.versions, self.errors = keys[order], versions[order], errors[order]
+        self.seen = np.zeros(len(self.keys), bool)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def classify(self, keys: list[str], versions: list[str], retry_errors: bool) -> list[str]:
+        """'new', 'changed', 'retry' (an error row, with retry_errors) or 'unchanged' per object."""
+        kd, vd = digest64(keys), digest64(versions)
+        pos = np.searchsorted(self.keys, kd)
+        pos_c = np.minimum(pos, max(len(self.keys) - 1, 0))
+        found = (pos < len(self.keys)) & (self.keys[pos_c] == kd) if len(self.keys) else np.zeros(len(kd), bool)
+        out = []
+        for i in range(len(kd)):
+            if not found[i]:
+                out.append("new")
+                continue
+            j = pos_c[i]
+            self.seen[j] = True
+            if self.versions[j] != vd[i]:
+                out.append("changed")
+            elif retry_errors and self.errors[j]:
+                out.append("retry")
+            else:
+                out.append("unchanged")
+        return out
+
+
+def ledger_uri(output: str) -> str:
+    return state_uri(output, "ledger.parquet")
+
+
+def iter_ledger(output: str, options, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(ledger_uri(output), options)
+    try:
+        f = fs.open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size)
+
+
+def load_ledger_index(output: str, options) -> LedgerIndex:
+    keys, versions, errors = [], [], []
+    for batch in iter_ledger(output, options):
+        keys.append(digest64(batch.column("key").to_pylist()))
+        versions.append(digest64(batch.column("version").to_pylist()))
+        errors.append(np.array([s != OK for s in batch.column("status").to_pylist()], bool))
+    cat = (lambda xs, t: np.concatenate(xs) if xs else np.zeros(0, t))
+    return LedgerIndex(cat(keys, np.uint64), cat(versions, np.uint64), cat(errors, bool))
+
+
+# --------------------------------------------------------------------------------------------- lease
+
+
+_PROBED: dict[str, bool] = {}  # endpoint -> whether it refuses If-None-Match on an existing object
+
+
+class LeaseHeld(UserError):
+    """Another backfill holds the output; the message names the holder and the expiry."""
+
+
+@dataclass
+class Lease:
+    """One writer per output: ``<output>/_state/backfill.lease`` = {holder, expires_at}.
+
+    Taken with a conditional write where the store has one: S3 ``If-None-Match: *`` to create, ``If-Match:
+    <etag>`` to take over an expired lease or renew our own; a local file with ``O_EXCL`` create and an atomic
+    rename to take over. Where an S3 server ignores the condition, each write is read back and verified
+    (``conditional`` says which mode ran). A lease whose holder ran on this host and whose process is gone is
+    expired at once (a killed backfill, rerun)."""
+
+    output: str
+    options: Any
+    ttl_s: float = 600.0
+    holder: str = ""
+    conditional: str = ""
+
+    def __post_init__(self):
+        self.holder = self.holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.uri = state_uri(self.output, "backfill.lease")
+        self._etag: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- reading
+
+    def read(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(lease body, etag or local token) or (None, None) when there is none."""
+        try:
+            if storage.is_s3(self.uri):
+                fs, path = storage.filesystem(self.uri, self.options)
+                etag = fs.info(path).get("ETag")  # a change between the two makes If-Match fail: safe
+                return json.loads(fs.cat_file(path)), etag
+            return json.loads(storage.read_bytes(self.uri, self.options)), None
+        except FileNotFoundError:
+            return None, None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {"holder": "unreadable lease", "expires_at": 0}, None
+
+    @staticmethod
+    def expired(body: dict[str, Any]) -> bool:
+        if float(body.get("expires_at", 0)) < time.time():
+            return True
+        host, _, rest = str(body.get("holder", "")).partition(":")
+        pid = rest.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    def _body(self) -> bytes:
+        now = time.time()
+        return json.dumps({"holder": self.holder, "taken_at": utc_now(now), "expires_at": now + self.ttl_s,
+                           "expires": utc_now(now + self.ttl_s)}).encode()
+
+    # -- writing
+
+    def _put_s3(self, condition: dict[str, str]) -> bool:
+        fs, path = storage.filesystem(self.uri, self.options)
+        bucket, key = path.split("/", 1)
+        try:
+            resp = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=self._body(), **condition)
+        except Exception as exc:  # noqa: BLE001 - botocore errors arrive wrapped by s3fs
+            text = f"{type(exc).__name__} {exc}"
+            if "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text \
+                    or "409" in text:
+                return False
+            raise
+        self._etag = resp.get("ETag")
+        # Read back: where the server ignored the condition, the last writer wins, and the loser sees it here.
+        body, etag = self.read()
+        mine = body is not None and body.get("holder") == self.holder
+        if mine:
+            self._etag = etag
+        return mine
+
+    def _create_local(self) -> bool:
+        fs, path = storage.filesystem(self.uri, self.options)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(self._body())
+        return True
+
+    def try_acquire(self) -> tuple[bool, dict[str, Any] | None]:
+        """Take the lease if free or expired. Returns (taken, the other holder's lease when not)."""
+        s3 = storage.is_s3(self.uri)
+        body, etag = self.read()
+        if body is None:
+            if s3 and self._put_s3({"IfNoneMatch": "*"}):
+                self.conditional = "If-None-Match" if self._honours_conditions() else "read-back"
+                return True, None
+            if not s3 and self._create_local():
+                self.conditional = "O_EXCL"
+                return True, None
+            body, etag = self.read()
+            return (False, body) if body is not None else self.try_acquire()
+        if body.get("holder") == self.holder or self.expired(body):
+            if s3:
+                if self._put_s3({"IfMatch": etag} if etag else {}):
+                    self.conditional = self.conditional or "If-Match"
+                    return True, None
+                return False, self.read()[0]
+            fs, path = storage.filesystem(self.uri, self.options)
+            try:  # atomic: of two takers, one rename succeeds
+                os.rename(path, f"{path}.expired-{uuid.uuid4().hex[:8]}")
+            except FileNotFoundError:
+                pass
+            if self._create_local():
+                self.conditional = "O_EXCL"
+                return True, None
+            return False, self.read()[0]
+        return False, body
+
+    def _honours_conditions(self) -> bool:
+        """Whether the S3 server refuses If-None-Match on an existing object (cached per endpoint)."""
+        endpoint = str(getattr(self.options, "endpoint_url", None))
+        if endpoint not in _PROBED:
+            fs, path = storage.filesystem(self.uri, self.options)
+            bucket, key = path.split("/", 1)
+            try:
+                fs.call_s3("put_object", Bucket=bucket, Key=key, Body=self._body(), IfNoneMatch="*")
+                _PROBED[endpoint] = False
+                _, self._etag = self.read()
+            except Exception:  # noqa: BLE001 - PreconditionFailed: the condition holds
+                _PROBED[endpoint] = True
+        return _PROBED[endpoint]
+
+    def acquire(self, wait: bool = False, poll_s: float = 5.0) -> Lease:
+        while True:
+            taken, other = self.try_acquire()
+            if taken:
+                self._start_renewal()
+                return self
+            if not wait:
+                other = other or {}
+                raise LeaseHeld(f"another backfill holds {self.output}: {other.get('holder')} until "
+                                f"{other.get('expires') or utc_now(float(other.get('expires_at', 0)))}; "
+                                f"pass --wait to wait for it, or try again after that")
+            time.sleep(poll_s)
+
+    def _start_renewal(self) -> None:
+        def renew():
+            while not self._stop.wait(self.ttl_s / 3):
+                try:
+                    if storage.is_s3(self.uri):
+                        self._put_s3({"IfMatch": self._etag} if self._etag else {})
+                    else:
+                        storage.write_bytes(self.uri, self._body(), self.options)
+                except Exception:  # noqa: BLE001 - the next renewal tries again
+                    pass
+
+        self._thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        body, _ = self.read()
+        if body is not None and body.get("holder") == self.holder:
+            storage.remove(self.uri, self.options)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
