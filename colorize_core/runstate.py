@@ -183,7 +183,8 @@ def digest64(values: Iterable[str]) -> np.ndarray:
 class LedgerIndex:
     """Sorted digests of the ledger's keys and versions, for membership and change tests by key."""
 
-    def __init__(self, keys: np.ndarray, versions: np.ndarray, errors: np.ndarray):
+    def __init__(self, keys: np.ndarray, versions: np.ndarray, errors: np.ndarray, generation: str = ""):
+        self.generation = generation  # a digest of the whole ledger: changes with every commit
         order = np.argsort(keys, kind="stable")
         self.keys, self.versions, self.errors = keys[order], versions[order], errors[order]
         self.seen = np.zeros(len(self.keys), bool)
@@ -230,13 +231,18 @@ def iter_ledger(output: str, options, batch_size: int = 65536) -> Iterator[pa.Re
 
 
 def load_ledger_index(output: str, options) -> LedgerIndex:
+    import hashlib
+
     keys, versions, errors = [], [], []
+    generation = hashlib.blake2b(digest_size=12)
     for batch in iter_ledger(output, options):
+        for name in ("key", "version", "shard_id", "status", "done_at"):
+            generation.update(repr(batch.column(name).to_pylist()).encode())
         keys.append(digest64(batch.column("key").to_pylist()))
         versions.append(digest64(batch.column("version").to_pylist()))
         errors.append(np.array([s != OK for s in batch.column("status").to_pylist()], bool))
     cat = (lambda xs, t: np.concatenate(xs) if xs else np.zeros(0, t))
-    return LedgerIndex(cat(keys, np.uint64), cat(versions, np.uint64), cat(errors, bool))
+    return LedgerIndex(cat(keys, np.uint64), cat(versions, np.uint64), cat(errors, bool), generation.hexdigest())
 
 
 # --------------------------------------------------------------------------------------------- lease
