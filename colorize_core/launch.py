@@ -11,6 +11,7 @@ Ray is imported here (to start or join a cluster) and in :mod:`colorize_core.ray
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import platform
@@ -82,7 +83,7 @@ def inference_flags(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- config
 
 
-def format_validation_error(exc: Exception, what: str = "config") -> str:
+def format_validation_error(exc: Exception, what: str = "") -> str:
     """A pydantic ValidationError as one line: each problem as ``key: reason``."""
     try:
         from .config import format_validation_error as theirs  # the config module's formatter, when present
@@ -92,7 +93,7 @@ def format_validation_error(exc: Exception, what: str = "config") -> str:
         pass
     parts = []
     for err in getattr(exc, "errors", lambda: [])():
-        loc = ".".join(str(x) for x in err.get("loc", ())) or what
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "config"
         kind = err.get("type", "")
         if kind == "extra_forbidden":
             parts.append(f"unknown key '{loc}'")
@@ -100,7 +101,8 @@ def format_validation_error(exc: Exception, what: str = "config") -> str:
             parts.append(f"'{loc}' is required (--{loc.replace('_', '-')} or '{loc}:' in --config)")
         else:
             parts.append(f"'{loc}': {err.get('msg', kind)}")
-    return f"{what}: " + "; ".join(parts) if parts else f"{what}: {exc}"
+    text = "; ".join(parts) if parts else str(exc).splitlines()[0]
+    return f"{what}: {text}" if what else text
 
 
 def load_config(cls, args: argparse.Namespace, flags: dict[str, Any], defaults: dict[str, Any] | None = None):
@@ -122,7 +124,7 @@ def load_config(cls, args: argparse.Namespace, flags: dict[str, Any], defaults: 
     try:
         return cls(**data)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, getattr(args, "config", None) or "flags")) from None
+        raise UserError(format_validation_error(exc, getattr(args, "config", None) or "")) from None
 
 
 # --------------------------------------------------------------------------------------------- Ray
@@ -137,12 +139,32 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        if not address:
-            # A new local cluster: token authentication on, said explicitly (so Ray need not warn about it).
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(address=address, logging_level=logging.INFO if verbose else logging.WARNING,
-                 log_to_driver=verbose, configure_logging=True)
+        if not verbose:
+            # A new local cluster gets token authentication by default (Ray 2.60), and says so at WARNING
+            # level on every run; that is the setting we want, so the notice is noise.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        with _quiet_stderr(not verbose):
+            ray.init(address=address, logging_level=logging.INFO if verbose else logging.WARNING,
+                     log_to_driver=verbose, configure_logging=True)
     quiet_ray_data(verbose)
+
+
+@contextlib.contextmanager
+def _quiet_stderr(enabled: bool):
+    """Silence file descriptor 2 while Ray starts: its C++ core prints start-up notices there (the log level
+    it read from the environment) that no Python setting reaches. Exceptions still surface afterwards."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def quiet_ray_data(verbose: bool = False) -> None:
@@ -204,6 +226,9 @@ class Progress:
 
     def _line(self) -> None:
         done = self.ok + self.error + self.transient
+        if getattr(self, "_printed", None) == done:
+            return
+        self._printed = done
         rate = done / max(time.monotonic() - self.t0, 1e-9)
         extra = f"  transient {self.transient}" if self.transient else ""
         print(f"[{self.label}] {done + self.skipped}/{self.total} rows  ok {self.ok}  error {self.error}{extra}  "
