@@ -248,6 +248,24 @@ def load_ledger_index(output: str, options) -> LedgerIndex:
 # --------------------------------------------------------------------------------------------- lease
 
 
+def _precondition_failed(exc: BaseException) -> bool:
+    """A conditional PUT lost: 412 PreconditionFailed, or 409 ConditionalRequestConflict (a concurrent one)."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return True
+        if "pre-condition" in str(e) or "PreconditionFailed" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 _PROBED: dict[str, bool] = {}  # endpoint -> whether it refuses If-None-Match on an existing object
 
 
@@ -320,10 +338,8 @@ class Lease:
         bucket, key = path.split("/", 1)
         try:
             resp = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=self._body(), **condition)
-        except Exception as exc:  # noqa: BLE001 - botocore errors arrive wrapped by s3fs
-            text = f"{type(exc).__name__} {exc}"
-            if "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text \
-                    or "409" in text:
+        except Exception as exc:  # noqa: BLE001 - botocore errors arrive wrapped by s3fs (OSError EINVAL)
+            if _precondition_failed(exc):
                 return False
             raise
         self._etag = resp.get("ETag")
@@ -385,7 +401,9 @@ class Lease:
                 fs.call_s3("put_object", Bucket=bucket, Key=key, Body=self._body(), IfNoneMatch="*")
                 _PROBED[endpoint] = False
                 _, self._etag = self.read()
-            except Exception:  # noqa: BLE001 - PreconditionFailed: the condition holds
+            except Exception as exc:  # noqa: BLE001
+                if not _precondition_failed(exc):
+                    raise
                 _PROBED[endpoint] = True
         return _PROBED[endpoint]
 
