@@ -385,7 +385,10 @@ class Lease:
                 os.rename(path, f"{path}.expired-{uuid.uuid4().hex[:8]}")
             except FileNotFoundError:
                 pass
-            if self._create_local():
+            taken = self._create_local()
+            for stale in fs.glob(f"{path}.expired-*"):
+                fs.rm(stale)
+            if taken:
                 self.conditional = "O_EXCL"
                 return True, None
             return False, self.read()[0]

@@ -313,3 +313,17 @@ def test_waves_of_shards_cover_every_row_once(ray_cluster, tmp_path):
     ids = [r["image_id"] for r in jobkit.read_metrics(cfg.output).to_pylist()]
     assert sorted(ids) == sorted(k.split(".")[0] for k in images)
     assert len(list((tmp_path / "out" / "_state" / "completions").glob("*.done"))) == 5
+
+
+@pytest.mark.slow
+def test_default_run_is_quiet(tmp_path):
+    """A plain run on a fresh local Ray prints no token-auth notice, no C++ log lines and no Ray Data
+    progress blocks: on a non-terminal, at most our own progress line(s) and the JSON result."""
+    env = _job_env()
+    env.pop("RAY_ADDRESS", None)
+    res = subprocess.run([sys.executable, "-m", "jobs.colorize", "--output", str(tmp_path / "out"), "--limit", "1"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    noise = [line for line in res.stderr.splitlines() if not line.startswith("[colorize] ")]
+    assert noise == [], noise
+    assert json.loads(res.stdout.strip().splitlines()[-1])["ok"] == 1
