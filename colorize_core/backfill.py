@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
@@ -198,8 +199,6 @@ def _upload(local: str, uri: str, options) -> None:
 
 def deleted_keys(cfg: BackfillConfig, options, index: runstate.LedgerIndex, listing: Listing) -> None:
     """Ledger keys the listing did not see: reported (never deleted from the output)."""
-    import numpy as np
-
     if not len(index):
         return
     for batch in runstate.iter_ledger(cfg.output, options):
@@ -263,8 +262,6 @@ def _prune_old_rows(cfg: BackfillConfig, todo_uri: str, options) -> None:
 def _commit_ledger(cfg: BackfillConfig, todo_uri: str | None, shard_rows: int, options,
                    index: runstate.LedgerIndex) -> None:
     """New ledger = old rows still listed and not redone + the todo's rows with their shard and status."""
-    import numpy as np
-
     replaced = set()
     tmp = tempfile.NamedTemporaryFile(prefix="colorize-ledger-", suffix=".parquet", delete=False)
     tmp.close()
@@ -312,7 +309,9 @@ def backfill(cfg: BackfillConfig, *, dry_run: bool = False, wait: bool = False, 
         return _summary(cfg, listing, t0, None, dry_run=True)
     lease = runstate.Lease(cfg.output, options, ttl_s=cfg.lease_seconds).acquire(wait=wait)
     try:
-        index = runstate.load_ledger_index(cfg.output, options)
+        # --overwrite: every listed object is redone, as if no backfill had run before.
+        index = runstate.LedgerIndex(*(np.zeros(0, t) for t in (np.uint64, np.uint64, bool))) if cfg.overwrite \
+            else runstate.load_ledger_index(cfg.output, options)
         listing = scan(cfg, options, index, write_todo=True)
         deleted_keys(cfg, options, index, listing)
         run_summary = None

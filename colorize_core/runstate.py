@@ -51,8 +51,9 @@ def check_identity(output: str, identity: dict[str, Any], options, *, overwrite:
     Returns True when an earlier run's progress exists, so rows must be checked against written images.
     Raises UserError when the output holds a run with another identity (one line, says what to do)."""
     uri = state_uri(output, "run.json")
-    if overwrite:
-        storage.remove(state_uri(output), options)
+    if overwrite:  # the run's own state only: a backfill's lease and ledger stay
+        storage.remove(uri, options)
+        storage.remove(state_uri(output, MARKERS), options)
         storage.remove(storage.join(output, "metrics"), options)
         previous = None
     else:
