@@ -267,6 +267,14 @@ def _precondition_failed(exc: BaseException) -> bool:
     return False
 
 
+def _parse_lease(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    return body if isinstance(body, dict) else {"holder": "unreadable lease", "expires_at": 0}
+
+
 _PROBED: dict[str, bool] = {}  # endpoint -> whether it refuses If-None-Match on an existing object
 
 
@@ -279,8 +287,8 @@ class Lease:
     """One writer per output: ``<output>/_state/backfill.lease`` = {holder, expires_at}.
 
     Taken with a conditional write where the store has one: S3 ``If-None-Match: *`` to create, ``If-Match:
-    <etag>`` to take over an expired lease or renew our own; a local file with ``O_EXCL`` create and an atomic
-    rename to take over. Where an S3 server ignores the condition, each write is read back and verified
+    <etag>`` to take over an expired lease or renew our own; a local file created by hard link (fails if it
+    exists) and taken over by an atomic, checked rename. Where an S3 server ignores the condition, each write is read back and verified
     (``conditional`` says which mode ran). A lease whose holder ran on this host and whose process is gone is
     expired at once (a killed backfill, rerun)."""
 
@@ -305,12 +313,10 @@ class Lease:
             if storage.is_s3(self.uri):
                 fs, path = storage.filesystem(self.uri, self.options)
                 etag = fs.info(path).get("ETag")  # a change between the two makes If-Match fail: safe
-                return json.loads(fs.cat_file(path)), etag
-            return json.loads(storage.read_bytes(self.uri, self.options)), None
+                return _parse_lease(fs.cat_file(path)), etag
+            return _parse_lease(storage.read_bytes(self.uri, self.options)), None
         except FileNotFoundError:
             return None, None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return {"holder": "unreadable lease", "expires_at": 0}, None
 
     @staticmethod
     def expired(body: dict[str, Any]) -> bool:
@@ -352,15 +358,20 @@ class Lease:
         return mine
 
     def _create_local(self) -> bool:
+        """Create the lease file whole or not at all: written beside it, then hard-linked into place (link
+        fails if the name exists, like O_EXCL, and no reader ever sees an empty lease)."""
         fs, path = storage.filesystem(self.uri, self.options)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.new-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "xb") as f:
+            f.write(self._body())
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, path)
+            return True
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(self._body())
-        return True
+        finally:
+            os.unlink(tmp)
 
     def try_acquire(self) -> tuple[bool, dict[str, Any] | None]:
         """Take the lease if free or expired. Returns (taken, the other holder's lease when not)."""
@@ -371,7 +382,7 @@ class Lease:
                 self.conditional = "If-None-Match" if self._honours_conditions() else "read-back"
                 return True, None
             if not s3 and self._create_local():
-                self.conditional = "O_EXCL"
+                self.conditional = "O_EXCL + link"
                 return True, None
             body, etag = self.read()
             return (False, body) if body is not None else self.try_acquire()
@@ -382,15 +393,23 @@ class Lease:
                     return True, None
                 return False, self.read()[0]
             fs, path = storage.filesystem(self.uri, self.options)
+            moved = f"{path}.expired-{uuid.uuid4().hex[:8]}"
             try:  # atomic: of two takers, one rename succeeds
-                os.rename(path, f"{path}.expired-{uuid.uuid4().hex[:8]}")
+                os.rename(path, moved)
             except FileNotFoundError:
-                pass
-            taken = self._create_local()
-            for stale in fs.glob(f"{path}.expired-*"):
-                fs.rm(stale)
-            if taken:
-                self.conditional = "O_EXCL"
+                return False, self.read()[0]
+            with open(moved, "rb") as f:
+                was = f.read()
+            if _parse_lease(was) != body:  # we moved a lease taken meanwhile: put it back, lose
+                try:
+                    os.link(moved, path)
+                except FileExistsError:
+                    pass
+                os.unlink(moved)
+                return False, self.read()[0]
+            os.unlink(moved)
+            if self._create_local():
+                self.conditional = "O_EXCL + link"
                 return True, None
             return False, self.read()[0]
         return False, body
