@@ -41,7 +41,7 @@ from .errors import UserError
 from .launch import EXIT_OK
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "tif", "tiff", "webp", "bmp", "gif")
-CHUNK_ROWS = 10_000
+CHUNK_ROWS = 1000
 SHOW = 10
 TODO_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("key", pa.string()),
                          ("version", pa.string()), ("kind", pa.string())])
@@ -82,41 +82,75 @@ def _version(info: dict[str, Any]) -> str:
     return f"{info.get('size')}:{mtime}"
 
 
-def iter_source(source: str, options, extensions: tuple[str, ...], skip: str | None = None
-                ) -> Iterator[list[tuple[str, str, str]]]:
-    """Per directory, sorted: [(key relative to source, uri, version)] of its image objects. Paginated S3
-    listings with a delimiter, one directory at a time: memory holds one directory's entries, never the bucket."""
+def _group(key: str) -> str:
+    """Keys whose ids could collide (same folder, same name up to the first dot) share this; in S3's
+    lexicographic listing they are contiguous, so a group is always whole in one batch."""
+    folder, _, base = key.rpartition("/")
+    return f"{folder}/{base.split('.', 1)[0]}"
+
+
+def _image(name: str, exts: tuple[str, ...]) -> bool:
+    return name.lower().endswith(exts) and not name.rsplit("/", 1)[-1].startswith(".colorize-tmp-")
+
+
+def iter_source(source: str, options, extensions: tuple[str, ...], skip: str | None = None,
+                batch: int = 1000, page_size: int = 1000) -> Iterator[list[tuple[str, str, str]]]:
+    """Batches of [(key relative to source, uri, version)] of the image objects under ``source``, in a
+    deterministic order, never all keys at once: S3 is listed page by page (1000 keys per request), a local
+    tree folder by folder. Objects whose ids could collide are always in the same batch."""
     fs, root = storage.filesystem(source, options)
-    s3 = storage.is_s3(source)
     root = root.rstrip("/")
-    skip_path = storage.filesystem(skip, options)[1].rstrip("/") if skip else None
+    skip_path = storage.filesystem(skip, options)[1].rstrip("/") + "/" if skip else None
     exts = tuple("." + e.lower().lstrip(".") for e in extensions)
-    stack = [root]
-    while stack:
-        path = stack.pop()
-        try:
-            entries = fs.ls(path, detail=True)
-        except FileNotFoundError:
-            if path == root:
-                raise UserError(f"--source {source}: no such folder or prefix") from None
-            continue
-        files, dirs = [], []
-        for e in entries:
-            name = e["name"].rstrip("/")
-            if name == path:
+    if storage.is_s3(source):
+        yield from _iter_s3(fs, source, root, exts, skip_path, batch, page_size)
+        return
+    if not fs.isdir(root):
+        raise UserError(f"--source {source}: no such folder")
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if skip_path is None or os.path.join(folder, d) + "/" != skip_path)
+        found = []
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if _image(name, exts) and os.path.isfile(path):
+                st = os.stat(path)
+                found.append((path[len(root):].lstrip("/"), path, f"{st.st_size}:{st.st_mtime_ns}"))
+        if found:
+            yield found
+
+
+def _iter_s3(fs, source: str, root: str, exts, skip_path: str | None, batch: int, page_size: int):
+    bucket, _, prefix = root.partition("/")
+    prefix = prefix + "/" if prefix else ""
+    out: list[tuple[str, str, str]] = []
+    token = None
+    any_object = False
+    while True:
+        kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = fs.call_s3("list_objects_v2", **kwargs)
+        for obj in page.get("Contents", []):
+            any_object = True
+            path = f"{bucket}/{obj['Key']}"
+            if (skip_path and path.startswith(skip_path)) or not _image(obj["Key"], exts):
                 continue
-            if e.get("type") == "directory":
-                if name != skip_path:
-                    dirs.append(name)
-            elif name.lower().endswith(exts) and not name.rsplit("/", 1)[-1].startswith(".colorize-tmp-"):
-                files.append((name[len(root):].lstrip("/"), (storage.S3_SCHEME + name) if s3 else name, _version(e)))
-        if files:
-            yield sorted(files)
-        stack.extend(sorted(dirs, reverse=True))  # depth-first, in name order
+            key = obj["Key"][len(prefix):]
+            if len(out) >= batch and _group(key) != _group(out[-1][0]):
+                yield out
+                out = []
+            out.append((key, storage.S3_SCHEME + path, _version(obj)))
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            break
+    if not any_object:
+        raise UserError(f"--source {source}: no object under this prefix")
+    if out:
+        yield out
 
 
 def image_ids(keys: list[str]) -> tuple[list[str], int]:
-    """ids for the keys of one folder: the key without its extension, or the whole key where that would
+    """ids for keys (whole collision groups): the key without its extension, or the whole key where that would
     collide (``a.jpg`` and ``a.png``; a stem equal to another key). Returns (ids, how many kept the extension)."""
     stems = [k.rsplit(".", 1)[0] for k in keys]
     taken = set(keys)
@@ -151,7 +185,7 @@ def scan(cfg: BackfillConfig, options, index: runstate.LedgerIndex, write_todo: 
                 buf[c] = []
 
     try:
-        for folder in iter_source(cfg.source, options, tuple(cfg.extensions), skip=cfg.output):
+        for folder in iter_source(cfg.source, options, tuple(cfg.extensions), skip=cfg.output, batch=CHUNK_ROWS):
             keys = [k for k, _, _ in folder]
             ids, kept = image_ids(keys)
             listing.counts["kept_extension"] += kept

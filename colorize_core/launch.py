@@ -261,10 +261,14 @@ def one_line(exc: BaseException) -> str:
 
     if isinstance(exc, ValidationError):
         return format_validation_error(exc)
-    text = str(exc).strip()
-    if isinstance(exc, KeyError) and exc.args:
-        text = str(exc.args[0])
-    return text
+    from .manifest import ManifestError
+
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc).strip()
+    if isinstance(exc, PermissionError):
+        text = f"access denied ({text.splitlines()[0] if text else type(exc).__name__}): check the credentials " \
+               f"(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or the config's storage section)"
+    # A rejected manifest names each bad row on its own line; everything else is one line.
+    return text if isinstance(exc, ManifestError) else (text.splitlines() or [type(exc).__name__])[0]
 
 
 def main_wrapper(body: Callable[[], int], *, verbose: bool = False) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from colorize_core import runstate, storage
-from colorize_core.backfill import BackfillConfig, backfill, image_ids, main
+from colorize_core.backfill import BackfillConfig, backfill, image_ids, iter_source, main
 from tests import jobkit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +41,20 @@ def test_image_ids_keep_the_extension_only_where_they_would_collide():
     ids, kept = image_ids(["d/a.jpg", "d/a.png", "d/b.jpg", "d/c.jpg.png", "d/c.jpg"])
     assert ids == ["d/a.jpg", "d/a.png", "d/b", "d/c.jpg.png", "d/c"] and kept == 3
     assert len(set(ids)) == len(ids)
+
+
+def test_s3_listing_is_paged_and_keeps_collision_groups_whole(s3_server, s3_prefix):
+    options = s3_server.options
+    names = ["a.b.jpg", "a.jpg", "a.png", "b.jpg", "c.jpg", "c.jpg.png", "d/e.jpg", "d/f.txt", "out/x.jpg"]
+    jobkit.put_images(storage.join(s3_prefix, "src"), {n: b"x" for n in names}, options)
+    batches = list(iter_source(storage.join(s3_prefix, "src"), options, ("jpg", "png"),
+                               skip=storage.join(s3_prefix, "src", "out"), batch=2, page_size=2))
+    keys = [k for b in batches for k, _, _ in b]
+    assert keys == ["a.b.jpg", "a.jpg", "a.png", "b.jpg", "c.jpg", "c.jpg.png", "d/e.jpg"]
+    assert [k for k, _, _ in batches[0]] == ["a.b.jpg", "a.jpg", "a.png"], "a.jpg and a.png in one batch"
+    ids = [i for b in batches for i in image_ids([k for k, _, _ in b])[0]]
+    assert ids == ["a.b", "a.jpg", "a.png", "b", "c", "c.jpg.png", "d/e"]
+    assert all(len(v) == 32 for b in batches for _, _, v in b), "the ETag is the version"
 
 
 def test_s3_backfill_new_nothing_changed_deleted_and_dry_run(ray_cluster, s3_server, s3_prefix, capsys,

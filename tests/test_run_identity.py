@@ -126,3 +126,17 @@ def test_session_token_reaches_the_s3_client(monkeypatch, s3_server):
     fs.connect()
     creds = fs.s3._request_signer._credentials
     assert (creds.access_key, creds.token) == ("k", "session-token-value")
+
+
+def test_wrong_credentials_end_in_one_line(s3_server, s3_prefix, monkeypatch, capsys):
+    from colorize_core.pipeline import main
+
+    manifest = jobkit.write_manifest(storage.join(s3_prefix, "m.parquet"), [{"image_id": "a", "uri": "x"}],
+                                     s3_server.options)
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    assert main(["--manifest", manifest, "--output", storage.join(s3_prefix, "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "credentials" in err, err
+    assert "wrong-secret" not in err

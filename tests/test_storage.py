@@ -158,7 +158,7 @@ def test_s3_filesystem_is_configured_from_options():
 
 
 AWS_VARS = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-            "AWS_DEFAULT_REGION"]
+            "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"]
 
 
 def test_options_from_env_and_overrides(monkeypatch):
@@ -184,11 +184,12 @@ def test_options_from_env_and_overrides(monkeypatch):
 
 
 def test_repr_and_redacted_hide_credentials():
-    opts = StorageOptions(endpoint_url="http://h:1", region="r", key="AKIDSECRETKEY", secret="verysecret")
+    opts = StorageOptions(endpoint_url="http://h:1", region="r", key="AKIDSECRETKEY", secret="verysecret",
+                          token="sessiontokenvalue")
     for text in (repr(opts), str(opts), f"{opts}", str(opts.redacted())):
-        assert "AKIDSECRETKEY" not in text and "verysecret" not in text
+        assert "AKIDSECRETKEY" not in text and "verysecret" not in text and "sessiontokenvalue" not in text
     assert opts.redacted() == {"endpoint_url": "http://h:1", "region": "r", "key": "***", "secret": "***",
-                               "anon": False}
+                               "token": "***", "anon": False}
     assert StorageOptions().redacted()["secret"] is None
     assert "http://h:1" in repr(opts)
 
