@@ -23,7 +23,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzz-secret"
 KEY = "AKIAEXAMPLEKEY0001"
 AWS_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def minimal(**kw) -> ColorizeConfig:
