@@ -13,14 +13,52 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+import pyarrow as pa
 import ray
+from ray.data.extensions import ArrowTensorArray
 
 from .config import ColorizeConfig
+from .schema import BATCH_TYPES
+
+
+def _cell(value: Any, type_: pa.DataType) -> Any:
+    """One object cell as Arrow takes it: NaN/None/'' placeholders of a string become null."""
+    if pa.types.is_string(type_):
+        return value if isinstance(value, str) else None
+    if isinstance(value, float) and math.isnan(value):  # Ray's placeholder for a null object cell
+        return None
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def to_block(batch: dict[str, np.ndarray]) -> pa.Table:
+    """A stage's dict batch as an Arrow block of the declared schema (see colorize_core/schema.py).
+
+    Ray would infer each column's type from its values, and an all-null string column of one block
+    would not merge with the strings of another; here the type never depends on the values."""
+    columns = {}
+    for name, arr in batch.items():
+        arr = np.asarray(arr)
+        declared = BATCH_TYPES.get(name)
+        if declared is not None:
+            values = [_cell(v, declared) for v in arr] if arr.dtype == object else arr
+            columns[name] = pa.array(values, type=declared)
+        elif arr.dtype == object:
+            raise TypeError(f"stage column {name!r} holds Python objects but has no declared type; "
+                            "declare it in colorize_core/schema.py")
+        elif arr.ndim == 1:
+            columns[name] = pa.array(arr)
+        else:
+            columns[name] = ArrowTensorArray.from_numpy(np.ascontiguousarray(arr))
+    return pa.table(columns)
+
 
 def _run_cpu_stage(batch, stage):
     """Task body. CPU stages have trivial setup, so each task sets its (deserialised) copy up."""
     stage.setup()
-    return stage(batch)
+    return to_block(stage(batch))
 
 
 class _ActorStage:
@@ -31,7 +69,7 @@ class _ActorStage:
         self.stage = stage
 
     def __call__(self, batch):
-        return self.stage(batch)
+        return to_block(self.stage(batch))
 
 
 @dataclass(frozen=True)
