@@ -65,3 +65,30 @@ def test_reference_uri_on_one_row_of_sixteen_at_five_row_shards(ray_cluster, tmp
     assert by_id["i07"]["metrics_against"] == "reference_uri"
     assert by_id["i12"]["status"] == "error" and "missing" in by_id["i12"]["error"]
     assert sum(r["error"] is None for r in by_id.values()) == 15
+
+
+def test_resume_rewrites_truncated_or_foreign_outputs(ray_cluster, tmp_path):
+    """Issue #8 item 6: a file at an output key is reused only if it decodes at the source's geometry."""
+    images = jobkit.colour_images(6, size=(64, 48))
+    uris = jobkit.put_images(str(tmp_path / "in"), {f"i{i}.png": b for i, b in enumerate(images)})
+    rows = [{"image_id": name.split(".")[0], "uri": uri} for name, uri in uris.items()]
+    manifest = jobkit.write_manifest(str(tmp_path / "m.parquet"), rows)
+    model = jobkit.tiny_checkpoint(str(tmp_path / "ckpt"))
+    cfg = ColorizeConfig(manifest=manifest, output=str(tmp_path / "out"), model=model, shard_rows=3)
+    assert job.run(cfg, progress=False)["counts"]["ok"] == 6
+    out = tmp_path / "out"
+    # A crash after the images were written, before the markers: the next run checks every output.
+    for marker in (out / "_state" / "completions").glob("*.done"):
+        marker.unlink()
+    good, truncated, foreign = out / "images" / "i0.jpg", out / "images" / "i1.jpg", out / "images" / "i2.jpg"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    foreign.write_bytes(jobkit.colour_images(1, size=(30, 20))[0])
+    before = good.stat().st_mtime_ns
+
+    again = job.run(cfg, progress=False)
+    assert again["counts"]["ok"] == 6 and again["counts"]["error"] == 0
+    assert good.stat().st_mtime_ns == before, "a valid output was rewritten"
+    for path in (truncated, foreign):
+        assert jobkit.decode(str(path)).shape == (48, 64, 3), f"{path.name} was not redone"
+    by_id = {r["image_id"]: r for r in jobkit.read_metrics(cfg.output).to_pylist()}
+    assert {by_id[k]["width"] for k in ("i0", "i1", "i2")} == {64}
