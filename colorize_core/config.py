@@ -50,10 +50,13 @@ class InferenceConfig(_Strict):
                             "GPU memory bounds it (SIGGRAPH17 at 256x256 fp16 fits hundreds on an 80 GB card).")
     num_actors: int | None = Field(None, ge=1, description="Model replicas. Default: one per GPU, "
                                    "else one per 16 CPUs (at least 1).")
+    max_actors: int | None = Field(None, ge=1, description="Largest replica count an autoscaling cluster may "
+                                   "grow the pool to (Ray Data ActorPoolStrategy max_size). Default: one per "
+                                   "GPU the cluster gains on GPU clusters; fixed at num_actors on CPU-only ones.")
     cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per replica on CPU-only "
-                                         "clusters; default leaves half the cluster to the CPU stages.")
+                                         "clusters; default: the job's measured share of the per-image cost.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per CPU replica (default: "
-                                "its reserved CPUs).")
+                                "its reserved CPUs, rounded: cores are never oversubscribed).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: one GPU per replica when the "
                                                    "cluster has GPUs, else CPU.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

@@ -296,6 +296,35 @@ class DecodeStage:
         return out
 
 
+# CPU-stage cost per image megapixel on one core: reduced decode + model L, the full decode, compose,
+# encode, write, read-back and score (bench/throughput.py prints it per stage; ~55-65 ms/MP on a 2-core
+# AMD EPYC with AVX2 measured under load). Used only to split a CPU-only node between inference and the
+# CPU stages (colorize_core.ray_adapter.plan_resources); a GPU node needs this many cores per GPU:
+# cores = images/s of the GPU x CPU_STAGE_MS_PER_MP x megapixels / 1000.
+CPU_STAGE_MS_PER_MP = 60.0
+TYPICAL_MEGAPIXELS = 1.7
+
+
+def inference_share(module: torch.nn.Module, input_size: tuple[int, int],
+                    megapixels: float = TYPICAL_MEGAPIXELS) -> float:
+    """forward / (forward + CPU stages) of one image's single-core cost: the fraction of a CPU-only node's
+    cores the inference replicas should reserve. One batch-1 fp32 forward is timed after a warm-up."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.full((1, 1, *input_size), 50.0)
+        with torch.inference_mode():
+            module(x)
+            t0 = time.perf_counter()
+            module(x)
+            forward_ms = 1000 * (time.perf_counter() - t0)
+    except Exception:  # noqa: BLE001 - a model needing other inputs (hints): fall back to half
+        return 0.5
+    finally:
+        torch.set_num_threads(threads)
+    return forward_ms / (forward_ms + CPU_STAGE_MS_PER_MP * megapixels)
+
+
 def cpu_supports_bf16() -> bool:
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -190,7 +190,7 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     from colorize_core.models import get_entry, load_model
     from colorize_core.models.checkpoint import is_checkpoint_uri
     from colorize_core.ray_adapter import build_dataset, plan_resources
-    from colorize_core.stages import ComposeStage, DecodeStage, ExpandShards, InferenceStage
+    from colorize_core.stages import ComposeStage, DecodeStage, ExpandShards, InferenceStage, inference_share
 
     t0 = time.monotonic()
     options = cfg.storage.options()
@@ -199,7 +199,7 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     info = manifest_mod.validate(cfg.manifest, options)
     model_kwargs = {"temperature": cfg.temperature} if cfg.temperature is not None else {}
     # Resolve the model once on the driver: fail fast on bad weights, record what ran.
-    _, model_info = load_model(cfg.model, cfg.weights, storage_options=options, **model_kwargs)
+    module, model_info = load_model(cfg.model, cfg.weights, storage_options=options, **model_kwargs)
     resumed = _check_run_state(cfg, options)
     storage.write_bytes(storage.join(cfg.output, "config.json"),
                         json.dumps(cfg.resolved(), indent=2).encode(), options)
@@ -214,7 +214,9 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     if pending:
         if not ray.is_initialized():
             ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-        res = plan_resources(cfg)
+        share = None if ray.cluster_resources().get("GPU") else inference_share(module, model_info.input_size)
+        res = plan_resources(cfg, inference_share=share)
+        log.info("resources: %s (inference share of the per-image cost %s)", res, share)
         columns = tuple(c for c in info.columns if c in manifest_mod.REQUIRED + manifest_mod.OPTIONAL)
         stages = (
             ExpandShards(options, columns),
