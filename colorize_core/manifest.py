@@ -199,17 +199,87 @@ def plan_shards(info: ManifestInfo, shard_rows: int, limit: int | None = None) -
     return shards
 
 
+def _groups(pf: pq.ParquetFile, shard: Shard) -> tuple[list[int], int, int]:
+    """(row groups overlapping the shard, first row of the first one, rows they hold)."""
+    groups, offset, first, rows = [], 0, 0, 0
+    for i in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(i).num_rows
+        if offset < shard.stop and offset + n > shard.start:
+            first = offset if not groups else first
+            groups.append(i)
+            rows += n
+        offset += n
+    return groups, first, rows
+
+
+def rows_read(shard: Shard, options) -> int:
+    """Rows :func:`read_shard` decodes for ``shard``: its own, when row groups are aligned to shards."""
+    fs, p = storage.filesystem(shard.file, options)
+    with fs.open(p, "rb") as f:
+        return _groups(pq.ParquetFile(f), shard)[2]
+
+
 def read_shard(shard: Shard, options, columns: tuple[str, ...]) -> pa.Table:
-    """The shard's rows, reading only the row groups that overlap it."""
+    """The shard's rows, reading only the row groups that overlap it (see :func:`restage`)."""
     fs, p = storage.filesystem(shard.file, options)
     with fs.open(p, "rb") as f:
         pf = pq.ParquetFile(f)
-        groups, offset, first = [], 0, None
-        for i in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(i).num_rows
-            if offset < shard.stop and offset + n > shard.start:
-                groups.append(i)
-                first = offset if first is None else first
-            offset += n
+        groups, first, _ = _groups(pf, shard)
         table = pf.read_row_groups(groups, columns=list(columns))
     return table.slice(shard.start - first, shard.num_rows)
+
+
+def restage(info: ManifestInfo, shard_rows: int, dest: str, options) -> ManifestInfo:
+    """Rewrite, once, every manifest file whose row groups are not aligned to ``shard_rows`` into ``dest``
+    (same relative names, so shard ids do not change) with row groups of exactly ``shard_rows`` rows.
+
+    A manifest written as one row group (pyarrow's and pandas' default for up to 1M rows) would otherwise
+    make every shard decode the whole file: quadratic in the manifest. The copy is streamed (bounded
+    memory) and reused by later runs while its row count matches."""
+    files = []
+    for path, n in zip(info.files, info.rows_per_file):
+        fs, p = storage.filesystem(path, options)
+        with fs.open(p, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        if all(s == shard_rows for s in sizes[:-1]) and (not sizes or sizes[-1] <= shard_rows):
+            files.append(path)
+            continue
+        target = storage.join(dest, _relative_name(info.root, path))
+        tfs, tp = storage.filesystem(target, options)
+        if tfs.exists(tp):
+            with tfs.open(tp, "rb") as f:
+                staged = pq.ParquetFile(f).metadata
+                if staged.num_rows == n and all(staged.row_group(i).num_rows == shard_rows
+                                                for i in range(staged.num_row_groups - 1)):
+                    files.append(target)
+                    continue
+        tfs.makedirs(tp.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(p, "rb") as src, tfs.open(tp + ".tmp", "wb") as out:
+            source = pq.ParquetFile(src)
+            with pq.ParquetWriter(out, source.schema_arrow) as writer:
+                pending: list[pa.RecordBatch] = []
+                held = 0
+                for batch in source.iter_batches(batch_size=min(shard_rows, 65536)):
+                    pending.append(batch)
+                    held += batch.num_rows
+                    if held >= shard_rows:
+                        table = pa.Table.from_batches(pending)
+                        whole = held - held % shard_rows
+                        writer.write_table(table.slice(0, whole), row_group_size=shard_rows)
+                        pending, held = table.slice(whole).to_batches(), held - whole
+                if held:
+                    writer.write_table(pa.Table.from_batches(pending, schema=source.schema_arrow))
+        tfs.mv(tp + ".tmp", tp)
+        files.append(target)
+    root = dest.rstrip("/") if any(f != o for f, o in zip(files, info.files)) else info.root
+    if root != info.root:  # every file under one root, so relative names (shard ids) stay the same
+        files = [f if f.startswith(dest) else _copy_small(f, info.root, dest, options) for f in files]
+    return ManifestInfo(root, tuple(files), info.rows_per_file, info.columns)
+
+
+def _copy_small(path: str, root: str, dest: str, options) -> str:
+    """An already aligned file copied beside restaged ones (bytes as they are)."""
+    target = storage.join(dest, _relative_name(root, path))
+    storage.write_bytes(target, storage.read_bytes(path, options), options)
+    return target

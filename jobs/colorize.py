@@ -204,6 +204,8 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     storage.write_bytes(storage.join(cfg.output, "config.json"),
                         json.dumps(cfg.resolved(), indent=2).encode(), options)
 
+    # Row groups of shard_rows rows (restaged once if the manifest has others): a shard reads only its rows.
+    info = manifest_mod.restage(info, cfg.shard_rows, storage.join(cfg.output, "_state", "manifest"), options)
     shards = manifest_mod.plan_shards(info, cfg.shard_rows, cfg.limit)
     done = {} if cfg.overwrite else _completed(cfg.output, options)
     pending = [s for s in shards if done.get(s.shard_id) != s.num_rows]

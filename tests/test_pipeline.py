@@ -92,3 +92,30 @@ def test_resume_rewrites_truncated_or_foreign_outputs(ray_cluster, tmp_path):
         assert jobkit.decode(str(path)).shape == (48, 64, 3), f"{path.name} was not redone"
     by_id = {r["image_id"]: r for r in jobkit.read_metrics(cfg.output).to_pylist()}
     assert {by_id[k]["width"] for k in ("i0", "i1", "i2")} == {64}
+
+
+def test_one_row_group_manifest_is_restaged_so_each_shard_reads_only_its_rows(tmp_path):
+    import pyarrow.parquet as pq
+
+    from colorize_core import manifest
+
+    n, shard_rows = 20_000, 1000
+    table = pa.table({"image_id": [f"id{i}" for i in range(n)], "uri": [f"s3://b/{i}.jpg" for i in range(n)]})
+    path = tmp_path / "m" / "part.parquet"
+    path.parent.mkdir()
+    pq.write_table(table, path, row_group_size=n)  # one row group, as pandas and pyarrow write it
+    options = storage.StorageOptions()
+    info = manifest.validate(str(path), options)
+    before = manifest.plan_shards(info, shard_rows)
+    assert {manifest.rows_read(s, options) for s in before} == {n}, "unaligned: every shard decodes all rows"
+
+    staged = manifest.restage(info, shard_rows, str(tmp_path / "out" / "_state" / "manifest"), options)
+    shards = manifest.plan_shards(staged, shard_rows)
+    assert [s.shard_id for s in shards] == [s.shard_id for s in before], "shard ids survive restaging"
+    assert all(manifest.rows_read(s, options) == s.num_rows == shard_rows for s in shards)
+    ids = [v for s in shards for v in manifest.read_shard(s, options, ("image_id",)).column(0).to_pylist()]
+    assert ids == table.column("image_id").to_pylist()
+    again = manifest.restage(info, shard_rows, str(tmp_path / "out" / "_state" / "manifest"), options)
+    assert again == staged  # reused, not rewritten
+    aligned = manifest.restage(staged, shard_rows, str(tmp_path / "elsewhere"), options)
+    assert aligned.files == staged.files  # nothing to do for an aligned manifest
