@@ -71,9 +71,10 @@ class InferenceConfig(_Strict):
 class CpuStageConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Images per CPU task (decode, compose).")
     concurrency: int | None = Field(None, ge=1, description="Parallel CPU tasks per stage (default: Ray decides).")
-    memory_per_task: int = Field(512 * 1024**2, ge=0, description="Bytes of memory Ray reserves per decode or "
+    memory_per_task: int = Field(1024**3, ge=0, description="Bytes of memory Ray reserves per decode or "
                                  "compose task, so a node never runs more large-scan decodes at once than its "
-                                 "memory holds (a 100 MP scan needs about 1.5 GB in float32).")
+                                 "memory holds. Compose holds the source, the output and its read-back (3 "
+                                 "bytes per pixel each) plus a few MB of bands: ~1 GB for a 100 MP scan.")
 
 
 class JobConfig(_Strict):

@@ -115,7 +115,8 @@ def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None,
         share = 0.5 if inference_share is None else min(max(inference_share, 0.05), 0.95)
         inference_cpus = cpus * share
         num_actors = inf.num_actors or max(1, cpus // 16)
-        cpus_per_actor = inf.cpus_per_actor or max(0.25, inference_cpus / (num_actors * pools))
+        # A lone pool's replicas hold at least one CPU (one thread); several pools share CPUs fractionally.
+        cpus_per_actor = inf.cpus_per_actor or max(1.0 if pools == 1 else 0.25, inference_cpus / (num_actors * pools))
         gpus_per_actor = 0.0
         max_actors = max_actors or num_actors  # the CPU split is planned: a pool grows only if asked to
         # CPU tasks take whole CPUs where there are enough, else what the replicas leave.

@@ -457,7 +457,8 @@ def _bilinear_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np
     return i0, i1, (src - i0).astype(np.float32)
 
 
-def _compose_rows(l_rows, height: int, width: int, ab_model: np.ndarray, saturation: float) -> np.ndarray:
+def _compose_rows(l_rows, height: int, width: int, ab_model: np.ndarray, saturation: float,
+                  exact: bool = False) -> np.ndarray:
     """The one full-resolution pass: for each band of rows, L (from ``l_rows(start, stop)``), ab upsampled
     bilinearly (separable, as ``interpolate(mode="bilinear", align_corners=False)``: across once at model
     height, then down per band with one lerp), Lab -> sRGB uint8."""
@@ -474,17 +475,21 @@ def _compose_rows(l_rows, height: int, width: int, ab_model: np.ndarray, saturat
         ab_band = torch.lerp(ab_x.index_select(1, y0[s:e]), ab_x.index_select(1, y1[s:e]), wy[None, s:e, None])
         a, b = ab_band.reshape(2, -1).numpy()
         light = np.ascontiguousarray(l_rows(s, e), dtype=np.float32).reshape(-1)
-        color.lab_planes_to_srgb_uint8(light, a, b, out[s:e].reshape(-1, 3))
+        if exact:
+            out[s:e] = color.lab_to_srgb_uint8(np.stack([light, a, b], axis=-1)).reshape(e - s, width, 3)
+        else:
+            color.lab_planes_to_srgb_uint8(light, a, b, out[s:e].reshape(-1, 3))
     return out
 
 
-def compose(l_full: np.ndarray, ab_model: np.ndarray, saturation: float = 1.0) -> np.ndarray:
+def compose(l_full: np.ndarray, ab_model: np.ndarray, saturation: float = 1.0, exact: bool = False) -> np.ndarray:
     """Full-resolution L [H,W] + model-size ab [2,h,w] -> sRGB uint8 [H,W,3].
 
     ab is upsampled bilinearly; the original L is kept untouched, so the output's luminance and
-    geometry are the input's."""
+    geometry are the input's. ``exact`` converts with :func:`color.lab_to_srgb_uint8` (bit for bit)
+    instead of the table-encoded fast path (within one code of it): evaluation scores use it."""
     H, W = l_full.shape
-    return _compose_rows(lambda s, e: l_full[s:e], H, W, ab_model, saturation)
+    return _compose_rows(lambda s, e: l_full[s:e], H, W, ab_model, saturation, exact)
 
 
 def full_l_rows(rgb: np.ndarray, is_gray: bool):
@@ -630,8 +635,9 @@ class EvalComposeStage:
                reference: np.ndarray) -> dict[str, Any]:
         ab = row[model.ab_column] if model.ab_column else np.zeros((2, 1, 1), np.float32)
         key = eval_output_key(self.output, model.label, row["image_id"], self.output_format)
-        result = write_and_read_back(compose(l_full, ab), key, self.output_format, self.quality, self.options,
-                                     self.max_pixels)
+        # Exact Lab -> sRGB: published scores must not move with the job's table rounding (one code, rarely).
+        result = write_and_read_back(compose(l_full, ab, exact=True), key, self.output_format, self.quality,
+                                     self.options, self.max_pixels)
         return {**metrics.compute_metrics(result, reference), "width": reference.shape[1],
                 "height": reference.shape[0], "metrics_against": "input"}
 
