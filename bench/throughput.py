@@ -8,8 +8,9 @@ of the released shapes: speed does not depend on the values) it prints:
 * loop img/s: what single-image scripts do: PIL decode, float64 scikit-image Lab at full resolution,
   batch-1 fp32 forward, ``lab2rgb``, JPEG save (torch with all cores);
 * forward img/s: the model alone, batch 8, all cores, at the precision the job picks;
-* job img/s, steady state: ``jobs.colorize.run`` on N rows and on 4N rows in one Ray session;
-  (4N - N) / (t(4N) - t(N)), so start-up cancels;
+* job img/s, steady state: ``jobs.colorize.run`` on N rows and on 4N rows in one Ray session, after an
+  untimed warm-up run (the first dataset of a session also starts the worker processes);
+  (4N - N) / (t(4N) - t(N)), so the per-run start-up cancels;
 * job/loop, job/forward, fidelity (the job's written files against the loop's uint8 output: min PSNR);
 * CPU ms per megapixel of each CPU stage, one core, in this process (``time.process_time``);
 * peak memory of the driver plus every Ray process (private RSS, sampled every 0.25 s).
@@ -218,6 +219,7 @@ def bench_model(name: str, paths: list[Path], tmp: Path, args) -> dict:
         n = args.rows
         small = write_manifest(tmp / f"{name}-small.parquet", paths, n)
         large = write_manifest(tmp / f"{name}-large.parquet", paths, args.factor * n)
+        job_run(small, tmp / f"job-{name}-warm", name, weights, args)  # worker processes and imports, once
         t_small, _ = job_run(small, tmp / f"job-{name}-small", name, weights, args)
         t_large, summary = job_run(large, tmp / f"job-{name}-large", name, weights, args)
     finally:
@@ -261,7 +263,10 @@ def main() -> None:
         for name in args.models.split(","):
             results.append(bench_model(name, paths, tmp, args))
             r = results[-1]
-            print(f"  {name}: job runs {r['t_small']:.1f} s / {r['t_large']:.1f} s, errors {r['errors']}", flush=True)
+            print(f"  {name}: loop {r['loop']:.2f} img/s, forward {r['forward']:.2f} img/s ({r['precision']}), job "
+                  f"{r['job']:.2f} img/s (runs {r['t_small']:.1f} s / {r['t_large']:.1f} s, errors {r['errors']}), "
+                  f"fidelity {r['fidelity']:.1f} dB; CPU ms/MP: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in r["costs"].items()), flush=True)
     print()
     print("| model | loop img/s | forward img/s (batch 8, all cores) | job img/s | job / loop | job / forward "
           "| fidelity (min PSNR vs loop) | peak memory |")
