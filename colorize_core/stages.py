@@ -210,8 +210,9 @@ class ExpandShards:
 
 @dataclass
 class DecodeStage:
-    """Fetch + decode + model-size L (and hint maps). Rows whose output already exists (a resumed run)
-    are marked ``reuse`` and not decoded here: the compose stage scores the existing file instead.
+    """Fetch + reduced decode + model-size L (and hint maps). On a resumed run a row whose output already
+    exists, decodes and has the source's geometry is marked ``reuse`` (no L): the compose stage scores
+    that file instead; any other file at the key is redone and overwritten.
 
     ``l`` is the L at ``input_size``; each other size in ``sizes`` adds an ``l_<h>x<w>`` column (see
     :meth:`column`), so models of different input sizes share one decode. ``protocol`` is applied to
