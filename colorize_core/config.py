@@ -50,10 +50,13 @@ class InferenceConfig(_Strict):
                             "GPU memory bounds it (SIGGRAPH17 at 256x256 fp16 fits hundreds on an 80 GB card).")
     num_actors: int | None = Field(None, ge=1, description="Model replicas. Default: one per GPU, "
                                    "else one per 16 CPUs (at least 1).")
+    max_actors: int | None = Field(None, ge=1, description="Largest replica count an autoscaling cluster may "
+                                   "grow the pool to (Ray Data ActorPoolStrategy max_size). Default: one per "
+                                   "GPU the cluster gains on GPU clusters; fixed at num_actors on CPU-only ones.")
     cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per replica on CPU-only "
-                                         "clusters; default leaves half the cluster to the CPU stages.")
+                                         "clusters; default: the job's measured share of the per-image cost.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per CPU replica (default: "
-                                "its reserved CPUs).")
+                                "its reserved CPUs, rounded: cores are never oversubscribed).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: one GPU per replica when the "
                                                    "cluster has GPUs, else CPU.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -68,9 +71,10 @@ class InferenceConfig(_Strict):
 class CpuStageConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Images per CPU task (decode, compose).")
     concurrency: int | None = Field(None, ge=1, description="Parallel CPU tasks per stage (default: Ray decides).")
-    memory_per_task: int = Field(512 * 1024**2, ge=0, description="Bytes of memory Ray reserves per decode or "
+    memory_per_task: int = Field(1024**3, ge=0, description="Bytes of memory Ray reserves per decode or "
                                  "compose task, so a node never runs more large-scan decodes at once than its "
-                                 "memory holds (a 100 MP scan needs about 1.5 GB in float32).")
+                                 "memory holds. Compose holds the source, the output and its read-back (3 "
+                                 "bytes per pixel each) plus a few MB of bands: ~1 GB for a 100 MP scan.")
 
 
 class JobConfig(_Strict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -59,6 +60,7 @@ class ManifestInfo:
     rows_per_file: tuple[int, ...]
     columns: tuple[str, ...]
     digests: tuple[str, ...] = ()  # per file: blake2b of its (image_id, uri) rows, in order
+    sources: tuple[str, ...] = ()  # per file: the manifest file it was restaged from (shard identity); () = files
 
     @property
     def num_rows(self) -> int:
@@ -201,12 +203,13 @@ def plan_shards(info: ManifestInfo, shard_rows: int, limit: int | None = None) -
     shards = []
     budget = limit if limit is not None else float("inf")
     digests = info.digests or ("",) * len(info.files)
-    for path, n, digest in zip(info.files, info.rows_per_file, digests):
-        rel = _relative_name(info.root, path)
+    sources = info.sources or info.files
+    for path, source, n, digest in zip(info.files, sources, info.rows_per_file, digests):
+        rel = _relative_name(info.root, source)
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", rel.removesuffix(".parquet"))[:80]
         # The full URI and the content, not the relative name: manifests/a/m.parquet and manifests/b/m.parquet
         # run into one output are different work.
-        tag = hashlib.sha1(f"{_full_uri(path)}\n{digest}".encode()).hexdigest()[:12]
+        tag = _file_tag(source, digest)
         for start in range(0, n, shard_rows):
             if budget <= 0:
                 return shards
@@ -216,18 +219,32 @@ def plan_shards(info: ManifestInfo, shard_rows: int, limit: int | None = None) -
     return shards
 
 
+def _groups(pf: pq.ParquetFile, shard: Shard) -> tuple[list[int], int, int]:
+    """(row groups overlapping the shard, first row of the first one, rows they hold)."""
+    groups, offset, first, rows = [], 0, 0, 0
+    for i in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(i).num_rows
+        if offset < shard.stop and offset + n > shard.start:
+            first = offset if not groups else first
+            groups.append(i)
+            rows += n
+        offset += n
+    return groups, first, rows
+
+
+def rows_read(shard: Shard, options) -> int:
+    """Rows :func:`read_shard` decodes for ``shard``: its own, when row groups are aligned to shards."""
+    fs, p = storage.filesystem(shard.file, options)
+    with fs.open(p, "rb") as f:
+        return _groups(pq.ParquetFile(f), shard)[2]
+
+
 def read_shard(shard: Shard, options, columns: tuple[str, ...]) -> pa.Table:
-    """The shard's rows, reading only the row groups that overlap it."""
+    """The shard's rows, reading only the row groups that overlap it (see :func:`restage`)."""
     fs, p = storage.filesystem(shard.file, options)
     with fs.open(p, "rb") as f:
         pf = pq.ParquetFile(f)
-        groups, offset, first = [], 0, None
-        for i in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(i).num_rows
-            if offset < shard.stop and offset + n > shard.start:
-                groups.append(i)
-                first = offset if first is None else first
-            offset += n
+        groups, first, _ = _groups(pf, shard)
         present = [c for c in columns if c in pf.schema_arrow.names]
         table = pf.read_row_groups(groups, columns=present)
     table = table.slice(shard.start - first, shard.num_rows)
@@ -236,3 +253,57 @@ def read_shard(shard: Shard, options, columns: tuple[str, ...]) -> pa.Table:
         if c not in present:
             table = table.append_column(c, pa.nulls(table.num_rows, OPTIONAL_TYPES.get(c, pa.string())))
     return table.select(list(columns))
+
+
+def _file_tag(path: str, digest: str) -> str:
+    """A manifest file's identity: its full URI and its content, never its relative name."""
+    return hashlib.sha1(f"{_full_uri(path)}\n{digest}".encode()).hexdigest()[:12]
+
+
+def restage(info: ManifestInfo, shard_rows: int, dest: str, options) -> ManifestInfo:
+    """Rewrite, once, every manifest file whose row groups are not aligned to ``shard_rows`` into ``dest``
+    with row groups of exactly ``shard_rows`` rows; aligned files are read where they are.
+
+    A manifest written as one row group (pyarrow's and pandas' default for up to 1M rows) would otherwise
+    make every shard decode the whole file: quadratic in the manifest. The copy is streamed (bounded
+    memory), named after the source file's identity (full URI + content digest) so two manifests never
+    share a copy, and reused by later runs while its row count matches. Shard ids keep coming from the
+    source file (``ManifestInfo.sources``), so restaging never changes what counts as done."""
+    files = []
+    digests = info.digests or ("",) * len(info.files)
+    for path, n, digest in zip(info.files, info.rows_per_file, digests):
+        fs, p = storage.filesystem(path, options)
+        with fs.open(p, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        if all(s == shard_rows for s in sizes[:-1]) and (not sizes or sizes[-1] <= shard_rows):
+            files.append(path)
+            continue
+        target = storage.join(dest, f"{_file_tag(path, digest)}-{shard_rows}.parquet")
+        tfs, tp = storage.filesystem(target, options)
+        if tfs.exists(tp):
+            with tfs.open(tp, "rb") as f:
+                staged = pq.ParquetFile(f).metadata
+                if staged.num_rows == n and all(staged.row_group(i).num_rows == shard_rows
+                                                for i in range(staged.num_row_groups - 1)):
+                    files.append(target)
+                    continue
+        tfs.makedirs(tp.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(p, "rb") as src, tfs.open(tp + ".tmp", "wb") as out:
+            source = pq.ParquetFile(src)
+            with pq.ParquetWriter(out, source.schema_arrow) as writer:
+                pending: list[pa.RecordBatch] = []
+                held = 0
+                for batch in source.iter_batches(batch_size=min(shard_rows, 65536)):
+                    pending.append(batch)
+                    held += batch.num_rows
+                    if held >= shard_rows:
+                        table = pa.Table.from_batches(pending)
+                        whole = held - held % shard_rows
+                        writer.write_table(table.slice(0, whole), row_group_size=shard_rows)
+                        pending, held = table.slice(whole).to_batches(), held - whole
+                if held:
+                    writer.write_table(pa.Table.from_batches(pending, schema=source.schema_arrow))
+        tfs.mv(tp + ".tmp", tp)
+        files.append(target)
+    return dataclasses.replace(info, files=tuple(files), sources=info.sources or info.files)

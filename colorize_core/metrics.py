@@ -137,11 +137,36 @@ def colorfulness(rgb: np.ndarray) -> float:
     paper, so scores are comparable with published ones.
     """
     _check_image(rgb, "rgb")
+    if rgb.dtype == np.uint8:
+        return _colorfulness_uint8(rgb)
     r, g, b = (rgb[..., c].astype(np.float64) for c in range(3))
     rg = r - g
     yb = 0.5 * (r + g) - b
     std_root = math.sqrt(rg.var() + yb.var())
     mean_root = math.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
+    return float(std_root + 0.3 * mean_root)
+
+
+def _colorfulness_uint8(rgb: np.ndarray, rows: int = 256) -> float:
+    """The same statistic from exact integer sums over bands of rows (no full-size float64 planes):
+    ``rg = R - G`` and ``2 yb = R + G - 2B`` are small integers, so their sums and sums of squares are
+    exact in int64; a gray image (rg = yb = 0 everywhere) gives 0."""
+    n = rgb.shape[0] * rgb.shape[1]
+    s_rg = s_rg2 = s_yb = s_yb2 = 0
+    for start in range(0, rgb.shape[0], rows):
+        band = rgb[start: start + rows].astype(np.int32)
+        rg = band[..., 0] - band[..., 1]
+        yb2 = band[..., 0] + band[..., 1] - 2 * band[..., 2]
+        s_rg += int(rg.sum(dtype=np.int64))
+        s_rg2 += int(np.einsum("ij,ij->", rg, rg, dtype=np.int64))
+        s_yb += int(yb2.sum(dtype=np.int64))
+        s_yb2 += int(np.einsum("ij,ij->", yb2, yb2, dtype=np.int64))
+    if s_rg2 == 0 and s_yb2 == 0:
+        return 0.0
+    var_rg = (s_rg2 - s_rg * s_rg / n) / n
+    var_yb = (s_yb2 - s_yb * s_yb / n) / n / 4.0
+    std_root = math.sqrt(max(var_rg + var_yb, 0.0))
+    mean_root = math.sqrt((s_rg / n) ** 2 + (s_yb / n / 2.0) ** 2)
     return float(std_root + 0.3 * mean_root)
 
 

@@ -100,11 +100,13 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     info = manifest_mod.validate(cfg.manifest, options)
     model_kwargs = {"temperature": cfg.temperature} if cfg.temperature is not None else {}
     # Resolve the model once on the driver: fail fast on bad weights, record what ran.
-    _, model_info = load_model(cfg.model, cfg.weights, storage_options=options, **model_kwargs)
+    module, model_info = load_model(cfg.model, cfg.weights, storage_options=options, **model_kwargs)
     resumed = runstate.check_identity(cfg.output, run_identity(cfg, model_info), options, overwrite=cfg.overwrite)
     storage.write_bytes(storage.join(cfg.output, "config.json"),
                         json.dumps(cfg.resolved(), indent=2).encode(), options)
 
+    # Row groups of shard_rows rows (restaged once if the manifest has others): a shard reads only its rows.
+    info = manifest_mod.restage(info, cfg.shard_rows, storage.join(cfg.output, "_state", "manifest"), options)
     shards = manifest_mod.plan_shards(info, cfg.shard_rows, cfg.limit)
     done = {} if cfg.overwrite else runstate.completed(cfg.output, options)
     pending = [s for s in shards if not runstate.is_done(done, s.shard_id, s.num_rows)]
@@ -118,10 +120,12 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
 
     if pending:
         from .ray_adapter import build_dataset, plan_resources
-        from .stages import ComposeStage, DecodeStage, ExpandShards, InferenceStage
+        from .stages import ComposeStage, DecodeStage, ExpandShards, InferenceStage, inference_share
 
         launch.init_ray(ray_address, verbose)
-        res = plan_resources(cfg)
+        # On CPU-only clusters the inference/CPU-stage split follows this model's measured cost.
+        res = plan_resources(cfg, inference_share=inference_share(module, model_info.input_size))
+        del module
         columns = tuple(c for c in info.columns if c in manifest_mod.REQUIRED + manifest_mod.OPTIONAL)
         stages = (
             ExpandShards(options, columns),

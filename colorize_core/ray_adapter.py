@@ -13,14 +13,52 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+import pyarrow as pa
 import ray
+from ray.data.extensions import ArrowTensorArray
 
 from .config import ColorizeConfig
+from .schema import BATCH_TYPES
+
+
+def _cell(value: Any, type_: pa.DataType) -> Any:
+    """One object cell as Arrow takes it: NaN/None/'' placeholders of a string become null."""
+    if pa.types.is_string(type_):
+        return value if isinstance(value, str) else None
+    if isinstance(value, float) and math.isnan(value):  # Ray's placeholder for a null object cell
+        return None
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def to_block(batch: dict[str, np.ndarray]) -> pa.Table:
+    """A stage's dict batch as an Arrow block of the declared schema (see colorize_core/schema.py).
+
+    Ray would infer each column's type from its values, and an all-null string column of one block
+    would not merge with the strings of another; here the type never depends on the values."""
+    columns = {}
+    for name, arr in batch.items():
+        arr = np.asarray(arr)
+        declared = BATCH_TYPES.get(name)
+        if declared is not None:
+            values = [_cell(v, declared) for v in arr] if arr.dtype == object else arr
+            columns[name] = pa.array(values, type=declared)
+        elif arr.dtype == object:
+            raise TypeError(f"stage column {name!r} holds Python objects but has no declared type; "
+                            "declare it in colorize_core/schema.py")
+        elif arr.ndim == 1:
+            columns[name] = pa.array(arr)
+        else:
+            columns[name] = ArrowTensorArray.from_numpy(np.ascontiguousarray(arr))
+    return pa.table(columns)
+
 
 def _run_cpu_stage(batch, stage):
     """Task body. CPU stages have trivial setup, so each task sets its (deserialised) copy up."""
     stage.setup()
-    return stage(batch)
+    return to_block(stage(batch))
 
 
 class _ActorStage:
@@ -31,7 +69,7 @@ class _ActorStage:
         self.stage = stage
 
     def __call__(self, batch):
-        return self.stage(batch)
+        return to_block(self.stage(batch))
 
 
 @dataclass(frozen=True)
@@ -42,16 +80,24 @@ class Resources:
     gpus_per_actor: float
     threads: int
     cpu_concurrency: int | None
+    max_actors: int | None = None  # None: the pool grows with the cluster (autoscaling GPU clusters)
+    cpus_per_task: float = 1.0
 
 
-def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None, pools: int = 1) -> Resources:
+def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None, pools: int = 1,
+                   inference_share: float | None = None) -> Resources:
     """Derive pool sizes from the cluster: one replica per GPU; on CPU-only clusters one replica per
-    16 CPUs, reserving at most half the CPUs for inference so decode and compose keep up.
+    16 CPUs of inference.
+
+    Cores are never oversubscribed: a replica runs as many torch threads as the CPUs it reserves
+    (rounded), and the CPU stages get the rest. On a CPU-only cluster the split follows
+    ``inference_share`` = forward cost / (forward + CPU-stage cost) per image, measured by the job
+    (:func:`colorize_core.stages.inference_share`); without it, half. A forward-bound model (eccv16) thus
+    gets nearly all cores and the CPU tasks a fraction of one, a light one (compact) about half.
 
     ``pools`` inference pools (one per model, evaluation) split that share: on GPUs each pool gets
     ``GPUs / pools`` replicas, or a fraction of one GPU per replica when there are fewer GPUs than
-    pools; on CPUs each replica gets a fractional CPU reservation where needed. ``cfg`` is any config
-    with ``inference`` and ``cpu`` sections."""
+    pools. ``cfg`` is any config with ``inference`` and ``cpu`` sections."""
     cluster = cluster if cluster is not None else ray.cluster_resources()
     cpus = max(1, int(cluster.get("CPU", 1)))
     gpus = int(cluster.get("GPU", 0))
@@ -59,28 +105,29 @@ def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None,
     device = inf.device if inf.device != "auto" else ("cuda" if gpus else "cpu")
     if device == "cuda" and not gpus:
         raise RuntimeError("inference.device is 'cuda' but the Ray cluster has no GPU")
+    max_actors = getattr(inf, "max_actors", None)
+    cpus_per_task = 1.0
     if device == "cuda":
         num_actors = inf.num_actors or max(1, gpus // pools)
         cpus_per_actor = inf.cpus_per_actor or 1
         gpus_per_actor = min(1.0, gpus / (num_actors * pools))
     else:
+        share = 0.5 if inference_share is None else min(max(inference_share, 0.05), 0.95)
+        inference_cpus = cpus * share
         num_actors = inf.num_actors or max(1, cpus // 16)
-        share = (cpus // 2) / (num_actors * pools)
-        # Whole CPUs where there are enough; several pools on a small cluster share CPUs fractionally.
-        whole = pools == 1 or share >= 1
-        cpus_per_actor = inf.cpus_per_actor or (max(1, int(share)) if whole else max(share, 0.25))
+        # A lone pool's replicas hold at least one CPU (one thread); several pools share CPUs fractionally.
+        cpus_per_actor = inf.cpus_per_actor or max(1.0 if pools == 1 else 0.25, inference_cpus / (num_actors * pools))
         gpus_per_actor = 0.0
-    if device == "cpu" and num_actors * cpus_per_actor * pools >= cpus:
+        max_actors = max_actors or num_actors  # the CPU split is planned: a pool grows only if asked to
+        # CPU tasks take whole CPUs where there are enough, else what the replicas leave.
+        cpus_per_task = min(1.0, max(0.1, cpus - num_actors * cpus_per_actor * pools))
+    if device == "cpu" and (num_actors * cpus_per_actor * pools > cpus - 0.1 or (pools == 1 and (cpus < 2 or cpus_per_actor < 1))):
         raise RuntimeError(
             f"{pools} pool(s) x {num_actors} inference actor(s) x {cpus_per_actor} CPUs leave no CPU for the "
             f"decode and compose stages on a {cpus}-CPU cluster; lower inference.num_actors or cpus_per_actor")
-    # A CPU replica runs up to twice the threads of its CPU reservation (never more than its share of
-    # the cluster): with a heavy model the decode and compose tasks leave cores idle most of the time,
-    # and on a 2-CPU machine one thread would halve inference speed (bench/throughput.py).
-    reserved = max(1, math.floor(cpus_per_actor))
-    threads = inf.threads or (reserved if device == "cuda" else
-                              max(1, min(cpus // (num_actors * pools), 2 * reserved)))
-    return Resources(device, num_actors, cpus_per_actor, gpus_per_actor, threads, cfg.cpu.concurrency)
+    threads = inf.threads or max(1, round(cpus_per_actor))
+    return Resources(device, num_actors, cpus_per_actor, gpus_per_actor, threads, cfg.cpu.concurrency,
+                     max_actors, cpus_per_task)
 
 
 def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[Any], compose, cfg: ColorizeConfig,
@@ -91,7 +138,7 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[
     each adding its own ab column to the batch."""
     shards = list(shards)
     ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
-    cpu_args: dict[str, Any] = {"num_cpus": 1}
+    cpu_args: dict[str, Any] = {"num_cpus": res.cpus_per_task}
     if res.cpu_concurrency:
         cpu_args["compute"] = ray.data.TaskPoolStrategy(size=res.cpu_concurrency)
     ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": expand}, batch_size=1, batch_format="numpy",
@@ -108,7 +155,7 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[
             fn_constructor_kwargs={"stage": stage},
             batch_size=cfg.inference.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=res.num_actors),
+            compute=ray.data.ActorPoolStrategy(min_size=res.num_actors, max_size=res.max_actors),
             num_cpus=res.cpus_per_actor,
             num_gpus=res.gpus_per_actor or None,
         )

@@ -4,12 +4,16 @@ Each stage is a dataclass (its fields are its config, so it pickles to any worke
 for per-process state (the model, a filesystem) and ``__call__(batch)``. The Ray adapter is the only
 code that knows these run inside Ray Data; tests call them on plain dicts.
 
-Data flow, and why: the CPU ``DecodeStage`` fetches and decodes each image and sends only the
-model-size L (256x256 float32 = 256 KiB) onward; the ``InferenceStage`` returns model-size ab; the
-CPU ``ComposeStage`` fetches the source again (one extra GET, instead of shipping full-resolution
-pixels through the inference actors, which on a real cluster sit on other, GPU, nodes), joins the
-upsampled ab with the original full-resolution L, writes the image and scores it. A failure in any
-row becomes ``status='error'`` with a one-line reason; the batch carries on.
+Data flow, and why (one pass: read -> decode/L -> infer -> compose/encode/score -> write): the CPU
+``DecodeStage`` fetches each image and decodes it only as far as the model needs (JPEGs at a reduced
+DCT scale, :func:`decode_reduced`), sending onward only the model-size L (256x256 float32 = 256 KiB,
+:func:`model_input_l`); the ``InferenceStage`` returns model-size ab; the CPU ``ComposeStage`` fetches
+the source again (one extra GET, instead of shipping full-resolution pixels through the inference
+actors, which on a real cluster sit on other, GPU, nodes) and does the one full-resolution decode and
+the one full-resolution pass (:func:`compose_image`: L by table for 8-bit gray, ab upsampled and
+converted to sRGB band by band in float32, so memory stays bounded for any scan), then encodes, writes
+and scores the written file. A failure in any row becomes ``status='error'`` with a one-line reason;
+the batch carries on.
 
 Model evaluation (jobs/evaluate.py) reuses the same stages: one ``DecodeStage`` that emits the L of
 every distinct model input size, one ``InferenceStage`` per model (each reads its size's L column and
@@ -19,6 +23,7 @@ output (and the ``gray`` baseline, ab = 0) and emits one metrics row per (image,
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
@@ -27,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import color, imageio, metrics, storage
 from .manifest import Shard, read_shard
@@ -82,6 +87,47 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def resize_to_l(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """L of the image resized (bicubic) to ``size`` = (H, W), as the released models were fed."""
     return color.srgb_to_l(resize_rgb(rgb, size)).astype(np.float32)
+
+
+def model_input_l(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """THE model input: float32 [h, w] L of the image resized to the model's input size. Every path that
+    feeds a model goes through here (``rgb`` may be a reduced decode, see :func:`decode_reduced`)."""
+    return resize_to_l(rgb, size)
+
+
+# A JPEG is decoded for the model at a DCT scale (1/2, 1/4, 1/8) that keeps at least this many times the
+# model's input size on each side, so the bicubic resize to model size still sees a well-sampled image.
+DRAFT_OVERSAMPLE = 2
+
+
+def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(pixels at no less than ``DRAFT_OVERSAMPLE`` x ``size``, the image's full (H, W) as displayed).
+
+    8-bit gray and RGB JPEGs (the archive's bulk) are decoded at a reduced DCT scale (Pillow's draft mode):
+    a fraction of a full decode. Anything else, and any JPEG the fast path does not take, goes through
+    :func:`imageio.decode_image` at full size with its guards and its reasons for bad files."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format == "JPEG" and im.mode in ("L", "RGB") and im.width * im.height <= max_pixels:
+                side = DRAFT_OVERSAMPLE * max(size)
+                try:
+                    orientation = int(im.getexif().get(0x0112, 1))
+                except Exception:  # noqa: BLE001 - unreadable EXIF keeps the stored orientation
+                    orientation = 1
+                full = (im.width, im.height) if orientation in (5, 6, 7, 8) else (im.height, im.width)
+                im.draft(im.mode, (side, side))
+                im.load()
+                try:
+                    ImageOps.exif_transpose(im, in_place=True)
+                except Exception:  # noqa: BLE001 - as imageio.decode_image: bad EXIF must not cost pixels
+                    pass
+                arr = np.asarray(im.convert("RGB"))
+                if arr.ndim == 3 and arr.shape[2] == 3:
+                    return arr, full
+    except Exception:  # noqa: BLE001 - the full decode below gives the row its reason
+        pass
+    rgb = imageio.decode_image(data, max_pixels=max_pixels).rgb
+    return rgb, (rgb.shape[0], rgb.shape[1])
 
 
 # Evaluation protocols: the geometry an image is scored at. "full" scores the full resolution;
@@ -164,8 +210,9 @@ class ExpandShards:
 
 @dataclass
 class DecodeStage:
-    """Fetch + decode + model-size L (and hint maps). Rows whose output already exists (a resumed run)
-    are marked ``reuse`` and not decoded here: the compose stage scores the existing file instead.
+    """Fetch + reduced decode + model-size L (and hint maps). On a resumed run a row whose output already
+    exists, decodes and has the source's geometry is marked ``reuse`` (no L): the compose stage scores
+    that file instead; any other file at the key is redone and overwritten.
 
     ``l`` is the L at ``input_size``; each other size in ``sizes`` adds an ``l_<h>x<w>`` column (see
     :meth:`column`), so models of different input sizes share one decode. ``protocol`` is applied to
@@ -189,6 +236,26 @@ class DecodeStage:
         """The batch column holding the model-size L for ``size``."""
         return "l" if tuple(size) == tuple(self.input_size) else l_column(size)
 
+    def all_sizes(self) -> list[tuple[int, int]]:
+        return [tuple(self.input_size), *(tuple(s) for s in self.sizes)]
+
+    def _reusable(self, image_id: str, geometry: tuple[int, int]) -> bool:
+        """An output already at the row's key is reused only if it decodes and has the source's geometry;
+        a truncated or foreign file is colorized again (and overwritten)."""
+        key = output_key(self.output, image_id, self.output_format)
+        try:
+            existing = imageio.decode_image(storage.read_bytes(key, self.options), max_pixels=self.max_pixels)
+        except FileNotFoundError:
+            return False
+        except Exception as exc:  # noqa: BLE001 - unreadable: redo it
+            log.warning("redoing %s: the existing output does not decode (%s)", key, short_error(exc))
+            return False
+        if existing.rgb.shape[:2] != tuple(geometry):
+            log.warning("redoing %s: the existing output is %dx%d, the source %dx%d", key, existing.width,
+                        existing.height, geometry[1], geometry[0])
+            return False
+        return True
+
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["image_id"])
         h, w = self.input_size
@@ -202,15 +269,18 @@ class DecodeStage:
             t0 = time.perf_counter()
             image_id, uri = batch["image_id"][i], batch["uri"][i]
             try:
-                if self.check_existing and storage.exists(
-                        output_key(self.output, image_id, self.output_format), self.options):
+                data = storage.read_bytes(uri, self.options)
+                if self.protocol == "full":
+                    rgb, geometry = decode_reduced(data, max(self.all_sizes(), key=max), self.max_pixels)
+                else:
+                    rgb = apply_protocol(imageio.decode_image(data, max_pixels=self.max_pixels).rgb, self.protocol)
+                    geometry = rgb.shape[:2]
+                if self.check_existing and self._reusable(image_id, geometry):
                     reuse[i] = True
                 else:
-                    decoded = imageio.decode_image(storage.read_bytes(uri, self.options), max_pixels=self.max_pixels)
-                    rgb = decoded.rgb if self.protocol == "full" else apply_protocol(decoded.rgb, self.protocol)
-                    l_model[i, 0] = resize_to_l(rgb, self.input_size)
+                    l_model[i, 0] = model_input_l(rgb, self.input_size)
                     for name, column in extra.items():
-                        column[i, 0] = resize_to_l(rgb, column.shape[-2:])
+                        column[i, 0] = model_input_l(rgb, column.shape[-2:])
                     if self.accepts_hints and "hints" in batch:
                         hint_ab[i], hint_mask[i] = paint_hints(batch["hints"][i], self.input_size, self.hint_radius)
                 status.append("ok")
@@ -225,6 +295,35 @@ class DecodeStage:
         if self.accepts_hints:
             out.update(hint_ab=hint_ab, hint_mask=hint_mask)
         return out
+
+
+# CPU-stage cost per image megapixel on one core: reduced decode + model L, the full decode, compose,
+# encode, write, read-back and score (bench/throughput.py prints it per stage; ~55-65 ms/MP on a 2-core
+# AMD EPYC with AVX2 measured under load). Used only to split a CPU-only node between inference and the
+# CPU stages (colorize_core.ray_adapter.plan_resources); a GPU node needs this many cores per GPU:
+# cores = images/s of the GPU x CPU_STAGE_MS_PER_MP x megapixels / 1000.
+CPU_STAGE_MS_PER_MP = 60.0
+TYPICAL_MEGAPIXELS = 1.7
+
+
+def inference_share(module: torch.nn.Module, input_size: tuple[int, int],
+                    megapixels: float = TYPICAL_MEGAPIXELS) -> float:
+    """forward / (forward + CPU stages) of one image's single-core cost: the fraction of a CPU-only node's
+    cores the inference replicas should reserve. One batch-1 fp32 forward is timed after a warm-up."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.full((1, 1, *input_size), 50.0)
+        with torch.inference_mode():
+            module(x)
+            t0 = time.perf_counter()
+            module(x)
+            forward_ms = 1000 * (time.perf_counter() - t0)
+    except Exception:  # noqa: BLE001 - a model needing other inputs (hints): fall back to half
+        return 0.5
+    finally:
+        torch.set_num_threads(threads)
+    return forward_ms / (forward_ms + CPU_STAGE_MS_PER_MP * megapixels)
 
 
 def cpu_supports_bf16() -> bool:
@@ -311,6 +410,9 @@ class InferenceStage:
     @torch.inference_mode()
     def _forward(self, l, hint_ab, hint_mask, precision: str) -> torch.Tensor:
         mf = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.torch_device.type == "cuda":  # page-locked host memory: the copy overlaps the previous batch
+            l, hint_ab, hint_mask = (t.pin_memory().to(self.torch_device, non_blocking=True) if t is not None
+                                     else None for t in (l, hint_ab, hint_mask))
         l = l.to(self.torch_device).contiguous(memory_format=mf)
         with self._autocast(precision):
             if self.info.accepts_hints and hint_ab is not None:
@@ -342,20 +444,67 @@ class InferenceStage:
         return out
 
 
-def compose(l_full: np.ndarray, ab_model: np.ndarray, saturation: float = 1.0) -> np.ndarray:
+# Rows of the full-resolution image composed at a time: bounds every temporary (a 100 MP scan included) to a
+# few cache-sized float32 planes, whatever the image size.
+COMPOSE_CHUNK_PIXELS = 1 << 16
+
+
+def _bilinear_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of a 1-D bilinear resize, as torch's interpolate(align_corners=False)."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0, None)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def _compose_rows(l_rows, height: int, width: int, ab_model: np.ndarray, saturation: float,
+                  exact: bool = False) -> np.ndarray:
+    """The one full-resolution pass: for each band of rows, L (from ``l_rows(start, stop)``), ab upsampled
+    bilinearly (separable, as ``interpolate(mode="bilinear", align_corners=False)``: across once at model
+    height, then down per band with one lerp), Lab -> sRGB uint8."""
+    ab = torch.from_numpy(np.array(ab_model, dtype=np.float32))  # a writable copy
+    if saturation != 1.0:
+        ab *= saturation
+    h = ab.shape[-2]
+    ab_x = torch.nn.functional.interpolate(ab[None], size=(h, width), mode="bilinear", align_corners=False)[0]
+    y0, y1, wy = (torch.from_numpy(v) for v in _bilinear_weights(height, h))
+    out = np.empty((height, width, 3), np.uint8)
+    band = max(1, COMPOSE_CHUNK_PIXELS // max(width, 1))
+    for s in range(0, height, band):
+        e = min(height, s + band)
+        ab_band = torch.lerp(ab_x.index_select(1, y0[s:e]), ab_x.index_select(1, y1[s:e]), wy[None, s:e, None])
+        a, b = ab_band.reshape(2, -1).numpy()
+        light = np.ascontiguousarray(l_rows(s, e), dtype=np.float32).reshape(-1)
+        if exact:
+            out[s:e] = color.lab_to_srgb_uint8(np.stack([light, a, b], axis=-1)).reshape(e - s, width, 3)
+        else:
+            color.lab_planes_to_srgb_uint8(light, a, b, out[s:e].reshape(-1, 3))
+    return out
+
+
+def compose(l_full: np.ndarray, ab_model: np.ndarray, saturation: float = 1.0, exact: bool = False) -> np.ndarray:
     """Full-resolution L [H,W] + model-size ab [2,h,w] -> sRGB uint8 [H,W,3].
 
     ab is upsampled bilinearly; the original L is kept untouched, so the output's luminance and
-    geometry are the input's."""
+    geometry are the input's. ``exact`` converts with :func:`color.lab_to_srgb_uint8` (bit for bit)
+    instead of the table-encoded fast path (within one code of it): evaluation scores use it."""
     H, W = l_full.shape
-    ab = torch.from_numpy(np.array(ab_model, dtype=np.float32))[None]  # a writable copy
-    if ab.shape[-2:] != (H, W):
-        ab = torch.nn.functional.interpolate(ab, size=(H, W), mode="bilinear", align_corners=False)
-    ab = ab[0].permute(1, 2, 0).numpy()
-    if saturation != 1.0:
-        ab = ab * saturation
-    lab = np.concatenate([l_full[..., None].astype(np.float32), ab], axis=-1)
-    return color.lab_to_srgb_uint8(lab)
+    return _compose_rows(lambda s, e: l_full[s:e], H, W, ab_model, saturation, exact)
+
+
+def full_l_rows(rgb: np.ndarray, is_gray: bool):
+    """``(start, stop) -> L of those rows``: a 256-entry table for 8-bit gray, else :func:`color.srgb_to_l`
+    per band, so no full-resolution float image is ever held."""
+    if is_gray and rgb.dtype == np.uint8:
+        lut = color.gray_l_lut()
+        return lambda s, e: np.take(lut, rgb[s:e, :, 0])
+    return lambda s, e: color.srgb_to_l(rgb[s:e])
+
+
+def compose_image(rgb: np.ndarray, ab_model: np.ndarray, saturation: float = 1.0, is_gray: bool = False) -> np.ndarray:
+    """:func:`compose` straight from the decoded source (uint8/uint16 [H,W,3]), L computed band by band."""
+    return _compose_rows(full_l_rows(rgb, is_gray), rgb.shape[0], rgb.shape[1], ab_model, saturation)
 
 
 def write_and_read_back(rgb: np.ndarray, key: str, output_format: str, quality: int, options,
@@ -388,7 +537,7 @@ class ComposeStage:
         if row["reuse"]:
             result = imageio.decode_image(storage.read_bytes(key, self.options), max_pixels=self.max_pixels).rgb
         else:
-            rgb = compose(color.srgb_to_l(source.rgb), row["ab"], self.saturation)
+            rgb = compose_image(source.rgb, row["ab"], self.saturation, source.is_gray)
             result = write_and_read_back(rgb, key, self.output_format, self.quality, self.options, self.max_pixels)
         ref_uri = _text(row.get("reference_uri"))
         against = None
@@ -487,8 +636,9 @@ class EvalComposeStage:
                reference: np.ndarray) -> dict[str, Any]:
         ab = row[model.ab_column] if model.ab_column else np.zeros((2, 1, 1), np.float32)
         key = eval_output_key(self.output, model.label, row["image_id"], self.output_format)
-        result = write_and_read_back(compose(l_full, ab), key, self.output_format, self.quality, self.options,
-                                     self.max_pixels)
+        # Exact Lab -> sRGB: published scores must not move with the job's table rounding (one code, rarely).
+        result = write_and_read_back(compose(l_full, ab, exact=True), key, self.output_format, self.quality,
+                                     self.options, self.max_pixels)
         return {**metrics.compute_metrics(result, reference), "width": reference.shape[1],
                 "height": reference.shape[0], "metrics_against": "input"}
 
