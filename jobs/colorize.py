@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from colorize_core import manifest as manifest_mod
 from colorize_core import storage
-from colorize_core.config import ColorizeConfig, load_yaml, merge
+from colorize_core import errors
+from colorize_core.config import ColorizeConfig, build, load_yaml, merge
 from colorize_core.schema import METRICS_SCHEMA
 
 log = logging.getLogger("jobs.colorize")
@@ -80,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> ColorizeConfig:
     data.setdefault("output", "out/colorize")
     if not data.get("manifest"):
         data["manifest"] = "samples"
-    return ColorizeConfig(**data)
+    return build(ColorizeConfig, data, source=args.config)
 
 
 def samples_manifest(output: str) -> str:
@@ -151,7 +152,7 @@ def _check_run_state(cfg: ColorizeConfig, options) -> bool:
     Refuses to mix a run with different layout-relevant settings into the same output."""
     state_uri = storage.join(cfg.output, "_state", "run.json")
     current = {"shard_rows": cfg.shard_rows, "output_format": cfg.output_format, "model": cfg.model,
-               "weights": cfg.weights}
+               "weights": storage.redact_uri(cfg.weights)}
     if cfg.overwrite:
         storage.remove(storage.join(cfg.output, "_state"), options)
         storage.remove(storage.join(cfg.output, "metrics"), options)
@@ -196,11 +197,13 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     options = cfg.storage.options()
     if cfg.manifest == "samples":
         cfg = cfg.model_copy(update={"manifest": samples_manifest(cfg.output)})
-    info = manifest_mod.validate(cfg.manifest, options)
+    with storage.access_checked(cfg.manifest):
+        info = manifest_mod.validate(cfg.manifest, options, output=cfg.output, output_format=cfg.output_format)
     model_kwargs = {"temperature": cfg.temperature} if cfg.temperature is not None else {}
     # Resolve the model once on the driver: fail fast on bad weights, record what ran.
     _, model_info = load_model(cfg.model, cfg.weights, storage_options=options, **model_kwargs)
-    resumed = _check_run_state(cfg, options)
+    with storage.access_checked(cfg.output):
+        resumed = _check_run_state(cfg, options)
     storage.write_bytes(storage.join(cfg.output, "config.json"),
                         json.dumps(cfg.resolved(), indent=2).encode(), options)
 
@@ -209,7 +212,7 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     pending = [s for s in shards if done.get(s.shard_id) != s.num_rows]
     total = sum(s.num_rows for s in shards)
     skipped = total - sum(s.num_rows for s in pending)
-    counts = {"ok": 0, "error": 0}
+    counts = {"ok": 0, "error": 0, "transient": 0}
 
     if pending:
         if not ray.is_initialized():
@@ -237,16 +240,17 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
         bar.close()
 
     wall = time.monotonic() - t0
-    processed = counts["ok"] + counts["error"]
+    processed = counts["ok"] + counts["error"] + counts["transient"]
     summary = {
         "manifest": cfg.manifest,
         "output": cfg.output,
-        "counts": {"total": total, "ok": counts["ok"], "error": counts["error"], "skipped": skipped},
+        "counts": {"total": total, "ok": counts["ok"], "error": counts["error"], "transient": counts["transient"],
+                   "skipped": skipped},
         "images_per_second": processed / wall if wall > 0 else None,
         "wall_seconds": wall,
         "model": model_info.name,
         "model_description": cfg.model if is_checkpoint_uri(cfg.model) else get_entry(model_info.name).description,
-        "weights": model_info.weights,
+        "weights": storage.redact_uri(model_info.weights),
         "weights_sha256": model_info.weights_sha256,
         "num_params": model_info.num_params,
         "input_size": list(model_info.input_size),
@@ -260,8 +264,8 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
 
 def drain(ds, expected: dict[str, int], output: str, options, bar: Progress, close: bool = True) -> dict[str, int]:
     """Consume the pipeline's metrics rows; write each shard's metrics (and marker) as soon as all of
-    its ``expected[shard_id]`` rows are in. Returns ok/error row counts."""
-    counts = {"ok": 0, "error": 0}
+    its ``expected[shard_id]`` rows are in. Returns ok/error/transient row counts."""
+    counts = {"ok": 0, "error": 0, "transient": 0}
     buffers: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         n = len(batch["image_id"])
@@ -270,9 +274,11 @@ def drain(ds, expected: dict[str, int], output: str, options, bar: Progress, clo
             buffers[row["shard_id"]].append(row)
             if len(buffers[row["shard_id"]]) == expected[row["shard_id"]]:
                 _finish_shard(output, row["shard_id"], buffers.pop(row["shard_id"]), options)
-        ok = int(np.sum(batch["status"] == "ok"))
+        ok = int(np.sum(batch["status"] == errors.OK))
+        transient = int(np.sum(batch["status"] == errors.TRANSIENT))
         counts["ok"] += ok
-        counts["error"] += n - ok
+        counts["error"] += n - ok - transient
+        counts["transient"] += transient
         bar.update(ok, n - ok)
     if close:
         bar.close()
@@ -282,9 +288,13 @@ def drain(ds, expected: dict[str, int], output: str, options, bar: Progress, clo
 
 
 def _finish_shard(output: str, shard_id: str, rows: list[dict[str, Any]], options) -> None:
-    """Metrics first, then the marker: a marker only ever stands beside a complete metrics file."""
+    """Metrics first, then the marker: a marker only ever stands beside a complete metrics file. A shard
+    with a ``transient`` row gets its metrics (which say so) but no marker: a rerun redoes it, reusing the
+    images already written, and replaces the metrics file."""
     table = _metrics_table(rows)
     storage.write_parquet_table(table, storage.join(output, "metrics", f"{shard_id}.parquet"), options)
+    if any(r["status"] == errors.TRANSIENT for r in rows):
+        return
     ok = sum(r["status"] == "ok" for r in rows)
     marker = {"rows": len(rows), "ok": ok, "error": len(rows) - ok,
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -300,12 +310,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         summary = run(cfg, ray_address=args.ray_address, progress=not args.quiet)
-    except (manifest_mod.ManifestError, ValueError, FileNotFoundError, WeightsError) as exc:
+    except (manifest_mod.ManifestError, ValueError, FileNotFoundError, WeightsError, errors.UserError) as exc:
         # Input and configuration problems: one line, no traceback. Anything else is a bug and raises.
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except errors.TransientError as exc:
+        print(f"error: {exc}; rerun the same command to finish", file=sys.stderr)
+        return EXIT_FAILED
     c = summary["counts"]
     print(json.dumps({"output": summary["output"], **c, "images_per_second": summary["images_per_second"]}))
+    if c["transient"]:
+        print(f"error: {c['transient']} rows hit transient storage failures (connection errors, timeouts, 5xx or "
+              f"throttling that outlasted the retries; their shards are not marked done); rerun the same command "
+              f"to finish them", file=sys.stderr)
+        return EXIT_FAILED
     processed = c["ok"] + c["error"]
     if processed and c["error"] / processed > cfg.max_error_fraction:
         print(f"error: {c['error']}/{processed} rows failed, above --max-error-fraction {cfg.max_error_fraction}",
