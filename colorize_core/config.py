@@ -30,6 +30,10 @@ class StorageConfig(_Strict):
     region: str | None = Field(None, description="S3 region (AWS_REGION).")
     access_key_id: SecretStr | None = Field(None, description="Prefer AWS_ACCESS_KEY_ID; never logged.")
     secret_access_key: SecretStr | None = Field(None, description="Prefer AWS_SECRET_ACCESS_KEY; never logged.")
+    retry_seconds: float = Field(60.0, ge=0, description="How long each read/write keeps retrying a transient "
+                                 "failure (outage, 5xx, throttling) before its row is left `transient` for a "
+                                 "rerun. Longer rides out longer outages; shorter fails faster.")
+    request_attempts: int = Field(5, ge=1, le=20, description="botocore tries per HTTP request (standard mode).")
 
     def redacted(self) -> dict[str, Any]:
         """JSON-safe, with the key and secret replaced by '***' (for files written beside outputs)."""
@@ -46,6 +50,8 @@ class StorageConfig(_Strict):
             region=self.region,
             key=self.access_key_id.get_secret_value() if self.access_key_id else None,
             secret=self.secret_access_key.get_secret_value() if self.secret_access_key else None,
+            retry_seconds=self.retry_seconds,
+            request_attempts=self.request_attempts,
         )
 
 

@@ -84,6 +84,8 @@ class StorageOptions:
     key: str | None = None
     secret: str | None = None
     anon: bool = False
+    request_attempts: int = 5
+    """Tries per HTTP request in botocore (standard retry mode: jittered backoff, at most 20 s apart)."""
     retry_seconds: float = 60.0
     """How long each storage helper keeps retrying a transient failure (after botocore's and s3fs's own
     retries gave up) before raising TransientError: long enough to ride out a server restart."""
@@ -193,14 +195,15 @@ def _new_s3fs(options: StorageOptions) -> fsspec.AbstractFileSystem:
 
     client_kwargs: dict[str, Any] = {}
     # Explicit timeouts: a connection the server dropped must fail and be retried, never wait forever.
-    config_kwargs: dict[str, Any] = {"retries": dict(_RETRIES), "connect_timeout": 10, "read_timeout": 60}
+    retries = {**_RETRIES, "max_attempts": options.request_attempts}
+    config_kwargs: dict[str, Any] = {"retries": retries, "connect_timeout": 10, "read_timeout": 60}
     if options.endpoint_url:
         client_kwargs["endpoint_url"] = options.endpoint_url
         config_kwargs["s3"] = {"addressing_style": "path"}
     if options.region:
         client_kwargs["region_name"] = options.region
     credentials = {} if options.anon else {"key": options.key, "secret": options.secret}
-    return s3fs.S3FileSystem(
+    fs = s3fs.S3FileSystem(
         session=_session_without_expect_continue(),
         anon=options.anon,
         client_kwargs=client_kwargs,
@@ -211,6 +214,11 @@ def _new_s3fs(options: StorageOptions) -> fsspec.AbstractFileSystem:
         use_listings_cache=False,
         **credentials,
     )
+    # s3fs retries a call 5 times on top of botocore's 5 tries per request: 25 tries, minutes of waiting
+    # per object in an outage. Keep one s3fs retry (it re-reads a body cut mid-stream, which botocore does
+    # not); outages are ridden out by `retrying`, whose total time is bounded.
+    fs.retries = 2
+    return fs
 
 
 def filesystem(uri: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
