@@ -32,14 +32,14 @@ def test_every_operation_rides_out_a_burst_of_faults(proxy, s3_server, s3_prefix
                lambda: storage.read_bytes(uri, opts),
                lambda: storage.exists(uri, opts),
                lambda: storage.list_files(s3_prefix, opts)):
-        proxy.fail(kind, 4)
+        proxy.fail(kind, 3)
         op()
     assert storage.read_bytes(uri, opts) == b"payload"
     assert storage.exists(uri, opts) and storage.list_files(s3_prefix, opts) == [uri]
-    proxy.fail(kind, 4)
+    proxy.fail(kind, 3)
     storage.remove(s3_prefix + "a", opts)
     assert not storage.exists(uri, opts)
-    assert proxy.injected[kind] == 5 * 4
+    assert proxy.injected[kind] == 5 * 3
 
 
 def test_a_lasting_outage_ends_as_transient_error_within_the_budget(proxy, s3_server, s3_prefix):
