@@ -151,7 +151,7 @@ def test_s3_server_killed_and_restarted_mid_run(ray_cluster, s3_server, s3_prefi
 
     if s3_server.control is None:
         pytest.skip("needs SeaweedFS (moto runs in this process)")
-    manifest, rows = _inputs(s3_server, s3_prefix, 24, size=(320, 240))
+    manifest, rows = _inputs(s3_server, s3_prefix, 16, size=(200, 150))
     model = jobkit.tiny_checkpoint(str(tmp_path / "ckpt"))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "jobs.colorize", "--manifest", manifest, "--output", str(out), "--model", model,
@@ -170,12 +170,36 @@ def test_s3_server_killed_and_restarted_mid_run(ray_cluster, s3_server, s3_prefi
     print(f"S3 server killed and restarted mid-run: exit codes {codes}")
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # exited meanwhile
+        return ""
+
+
+def _descendants(root: int) -> list[int]:
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        children = [c for c, p in parent.items() if p == pid]
+        out += children
+        todo += children
+    return out
+
+
 @pytest.mark.slow
 def test_inference_actor_sigkilled_mid_run(ray_cluster, tmp_path):
     import ray
-    from ray.util.state import list_actors
 
-    images = {f"img{i:02d}.jpg": b for i, b in enumerate(jobkit.colour_images(24, size=(320, 240)))}
+    images = {f"img{i:02d}.jpg": b for i, b in enumerate(jobkit.colour_images(16, size=(200, 150)))}
     uris = jobkit.put_images(str(tmp_path / "in"), images)
     rows = [{"image_id": k.split(".")[0], "uri": v} for k, v in sorted(uris.items())]
     manifest = jobkit.write_manifest(str(tmp_path / "m.parquet"), rows)
@@ -187,10 +211,16 @@ def test_inference_actor_sigkilled_mid_run(ray_cluster, tmp_path):
     env = _job_env()
     proc = _start_job(cmd, env)
     _wait_for_markers(proc, out / "_state" / "completions", 1)
-    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
-              if "MapWorker" in a.class_name and a.pid]
+    # The inference actor is a child of THIS cluster's raylet (other Ray clusters may run on the machine).
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    deadline = time.monotonic() + 60
+    actors = []
+    while not actors and time.monotonic() < deadline:
+        # The inference stage is the pipeline's only actor pool: its workers are titled ray::MapWorker(...).
+        actors = [pid for pid in _descendants(raylet) if "MapWorker" in _cmdline(pid)]
+        time.sleep(0.1)
     assert actors, "no inference actor found"
-    os.kill(actors[0].pid, signal.SIGKILL)
+    os.kill(actors[0], signal.SIGKILL)
     codes = _finish_with_at_most_one_rerun(proc, cmd, env)
     _assert_every_row_once_and_ok(str(out), rows)
     print(f"inference actor SIGKILLed: exit codes {codes}")
@@ -201,7 +231,7 @@ def test_inference_actor_sigkilled_mid_run(ray_cluster, tmp_path):
 def test_worker_node_removed_mid_run(tmp_path):
     """A 2-node ray.cluster_utils.Cluster (in a subprocess: the session cluster is initialised in this one);
     the worker node is removed while the job runs."""
-    images = {f"img{i:02d}.jpg": b for i, b in enumerate(jobkit.colour_images(24, size=(320, 240)))}
+    images = {f"img{i:02d}.jpg": b for i, b in enumerate(jobkit.colour_images(16, size=(200, 150)))}
     uris = jobkit.put_images(str(tmp_path / "in"), images)
     rows = [{"image_id": k.split(".")[0], "uri": v} for k, v in sorted(uris.items())]
     manifest = jobkit.write_manifest(str(tmp_path / "m.parquet"), rows)
