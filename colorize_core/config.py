@@ -100,7 +100,8 @@ class JobConfig(_Strict):
     def _no_glob(cls, v: Any) -> Any:
         # --overwrite deletes under the output; a pattern there must never be able to widen that delete.
         if isinstance(v, str) and any(c in v for c in "*?["):
-            raise ValueError(f"output {v!r} contains a glob character (* ? [): pick a path without them")
+            raise ValueError(f"{v!r} contains a glob character (* ? [), which --overwrite must never expand: "
+                             f"pick an output path without them")
         return v
 
     def resolved(self) -> dict[str, Any]:
