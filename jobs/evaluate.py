@@ -39,7 +39,8 @@ from pydantic import Field
 
 from colorize_core import imageio, storage
 from colorize_core import manifest as manifest_mod
-from colorize_core.config import JobConfig, load_yaml, merge
+from colorize_core.config import JobConfig, build, load_yaml, merge
+from colorize_core.errors import UserError
 from colorize_core.imageio import DEFAULT_MAX_PIXELS
 from colorize_core.stages import GRAY_BASELINE, PROTOCOLS, apply_protocol, eval_output_key
 from jobs.colorize import EXIT_FAILED, EXIT_OK, Progress, drain, package_versions
@@ -476,7 +477,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
     flags["weights"] = _pairs(args.weights) if args.weights else None
     flags["inference"] = {"batch_size": args.batch_size, "num_actors": args.num_actors,
                           "precision": args.precision, "device": args.device}
-    return EvaluateConfig(**merge(base, flags))
+    return build(EvaluateConfig, merge(base, flags), source=args.config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         summary = run(cfg, ray_address=args.ray_address, progress=not args.quiet)
     except (manifest_mod.ManifestError, ValidationError, ValueError, KeyError, FileNotFoundError,
-            WeightsError) as exc:
+            WeightsError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps({"output": summary["output"], "protocol": summary["protocol"], "n_images": summary["n_images"],

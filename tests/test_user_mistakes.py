@@ -92,3 +92,11 @@ def test_job_with_wrong_credentials_says_access_denied(s3_server, s3_prefix, tmp
     assert line == (f"error: access denied to {manifest}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the "
                     f"storage section of the config) and that they may read and write there"), line
     assert "wrong-secret" not in line
+
+
+def test_evaluate_without_models_names_the_flag(tmp_path, capsys):
+    from jobs import evaluate
+
+    assert evaluate.main(["--manifest", "m.parquet", "--output", str(tmp_path / "o"), "--quiet"]) == 1
+    assert _one_error_line(capsys) == "error: missing required setting 'models': give --models or set it in the " \
+                                      "config file"
