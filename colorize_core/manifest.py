@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
+from . import errors, storage
 
 REQUIRED = ("image_id", "uri")
 OPTIONAL = ("reference_uri", "hints")
@@ -148,6 +148,13 @@ def _check_schema(path: str, schema: pa.Schema) -> None:
         raise ManifestError(f"{path}: " + "; ".join(problems))
 
 
+def _schema_and_rows(path: str, options) -> tuple[pa.Schema, int]:
+    fs, p = storage.filesystem(path, options)
+    with fs.open(p, "rb") as f:
+        pf = pq.ParquetFile(f)
+        return pf.schema_arrow, pf.metadata.num_rows
+
+
 def _id_digest(image_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=8).digest(), "little")
 
@@ -175,6 +182,18 @@ def validate(uri: str, options, *, output: str | None = None, output_format: str
     ten million ids need 80 MB. Only when digests repeat is a second pass made, over the rows holding
     them, to name the duplicates (and to ignore a digest collision between different ids). Collisions
     are found the same way: the digests of the ids that ids with folders would clash with."""
+    try:
+        return _validate(uri, options, output, output_format)
+    except errors.TransientError:
+        raise
+    except Exception as exc:
+        if errors.is_transient(exc):  # an outage while streaming the ids: one line, and a rerun retries
+            raise errors.TransientError(f"reading manifest {storage.redact_uri(uri)}: {type(exc).__name__}: "
+                                        f"{str(exc)[:200]}") from exc
+        raise
+
+
+def _validate(uri: str, options, output: str | None, output_format: str | None) -> ManifestInfo:
     extensions = _OUTPUT_EXTENSIONS if output_format is None else (
         {"jpeg": "jpg"}.get(output_format, output_format),)
     key_budget = None
@@ -189,12 +208,10 @@ def validate(uri: str, options, *, output: str | None = None, output_format: str
     digests: list[np.ndarray] = []
     claims: list[int] = []  # digests of ids that an id with folders would collide with (rare: kept as ints)
     for path in files:
-        fs, p = storage.filesystem(path, options)
-        with fs.open(p, "rb") as f:
-            pf = pq.ParquetFile(f)
-            _check_schema(path, pf.schema_arrow)
-            columns.update(c for c in (*REQUIRED, *OPTIONAL) if c in pf.schema_arrow.names)
-            rows_per_file.append(pf.metadata.num_rows)
+        schema, num_rows = storage.retrying("read", path, options, lambda: _schema_and_rows(path, options))
+        _check_schema(path, schema)
+        columns.update(c for c in (*REQUIRED, *OPTIONAL) if c in schema.names)
+        rows_per_file.append(num_rows)
         file_digests = []
         for row, image_id, u in _iter_ids(path, options):
             reason = id_problem(image_id)
@@ -269,7 +286,11 @@ def plan_shards(info: ManifestInfo, shard_rows: int, limit: int | None = None) -
 
 
 def read_shard(shard: Shard, options, columns: tuple[str, ...]) -> pa.Table:
-    """The shard's rows, reading only the row groups that overlap it."""
+    """The shard's rows, reading only the row groups that overlap it (retried like every storage read)."""
+    return storage.retrying("read", shard.file, options, lambda: _read_shard(shard, options, columns))
+
+
+def _read_shard(shard: Shard, options, columns: tuple[str, ...]) -> pa.Table:
     fs, p = storage.filesystem(shard.file, options)
     with fs.open(p, "rb") as f:
         pf = pq.ParquetFile(f)

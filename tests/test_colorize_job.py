@@ -90,7 +90,8 @@ def test_local_run_layout_metrics_and_bad_input(ray_cluster, tmp_path):
                          shard_rows=7, cpu={"batch_size": 4}, inference={"batch_size": 4})
     summary = job.run(cfg, progress=False)
     n_ok = sum(expected_ok.values())
-    assert summary["counts"] == {"total": len(rows), "ok": n_ok, "error": len(rows) - n_ok, "skipped": 0}
+    assert summary["counts"] == {"total": len(rows), "ok": n_ok, "error": len(rows) - n_ok, "transient": 0,
+                                 "skipped": 0}
     _check_outputs(cfg, rows, expected_ok, options)
     out = tmp_path / "out"
     assert (out / "config.json").exists() and (out / "summary.json").exists()
@@ -306,7 +307,7 @@ def test_waves_of_shards_cover_every_row_once(ray_cluster, tmp_path):
     cfg = ColorizeConfig(manifest=manifest, output=str(tmp_path / "out"), model=jobkit.tiny_checkpoint(
         str(tmp_path / "ckpt")), shard_rows=2, shards_per_dataset=2)
     summary = job.run(cfg, progress=False)
-    assert summary["counts"] == {"total": 9, "ok": 9, "error": 0, "skipped": 0}
+    assert summary["counts"] == {"total": 9, "ok": 9, "error": 0, "transient": 0, "skipped": 0}
     ids = [r["image_id"] for r in jobkit.read_metrics(cfg.output).to_pylist()]
     assert sorted(ids) == sorted(k.split(".")[0] for k in images)
     assert len(list((tmp_path / "out" / "_state" / "completions").glob("*.done"))) == 5
