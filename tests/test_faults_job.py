@@ -199,7 +199,7 @@ def _descendants(root: int) -> list[int]:
 def test_inference_actor_sigkilled_mid_run(ray_cluster, tmp_path):
     import ray
 
-    images = {f"img{i:02d}.jpg": b for i, b in enumerate(jobkit.colour_images(16, size=(200, 150)))}
+    images = {f"img{i:02d}.jpg": b for i, b in enumerate(jobkit.colour_images(24, size=(320, 240)))}
     uris = jobkit.put_images(str(tmp_path / "in"), images)
     rows = [{"image_id": k.split(".")[0], "uri": v} for k, v in sorted(uris.items())]
     manifest = jobkit.write_manifest(str(tmp_path / "m.parquet"), rows)
@@ -210,17 +210,21 @@ def test_inference_actor_sigkilled_mid_run(ray_cluster, tmp_path):
            ray.get_runtime_context().gcs_address]
     env = _job_env()
     proc = _start_job(cmd, env)
-    _wait_for_markers(proc, out / "_state" / "completions", 1)
-    # The inference actor is a child of THIS cluster's raylet (other Ray clusters may run on the machine).
+    # The inference actor is a child of THIS cluster's raylet (other Ray clusters may run on the machine); the
+    # pipeline's only actor pool is the inference stage, whose workers are titled ray::MapWorker(...).
+    # Killed once it exists and a first shard is done, so the kill lands mid-run.
     raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
-    deadline = time.monotonic() + 60
-    actors = []
-    while not actors and time.monotonic() < deadline:
-        # The inference stage is the pipeline's only actor pool: its workers are titled ray::MapWorker(...).
+    markers = out / "_state" / "completions"
+    deadline = time.monotonic() + 240
+    killed = None
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
         actors = [pid for pid in _descendants(raylet) if "MapWorker" in _cmdline(pid)]
-        time.sleep(0.1)
-    assert actors, "no inference actor found"
-    os.kill(actors[0], signal.SIGKILL)
+        if actors and markers.exists() and any(markers.glob("*.done")):
+            os.kill(actors[0], signal.SIGKILL)
+            killed = actors[0]
+        time.sleep(0.05)
+    assert killed, "no inference actor to kill while the job ran:\n" + (proc.stdout.read().decode()[-3000:]
+                                                                      if proc.poll() is not None else "")
     codes = _finish_with_at_most_one_rerun(proc, cmd, env)
     _assert_every_row_once_and_ok(str(out), rows)
     print(f"inference actor SIGKILLed: exit codes {codes}")

@@ -125,8 +125,8 @@ def test_decode_stage_turns_every_hostile_local_source_into_its_own_row(tmp_path
 
 # ----------------------------------------------------------------------------- property-based
 
-_MAGICS = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM", b"RIFF\x00\x00\x00\x00WEBP",
-           b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"P6\n", b"%!PS", b"<svg", b"%PDF"]
+_MAGICS = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM",
+           b"RIFF\x00\x00\x00\x00WEBP", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"P6\n", b"%!PS", b"<svg", b"%PDF"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
