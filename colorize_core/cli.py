@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import color, imageio, metrics
+from . import color, imageio, metrics, storage
+from .errors import UserError
 from .models.checkpoint import is_checkpoint_uri
 from .stages import compose, resize_to_l, to_uint8
 
@@ -48,7 +49,8 @@ class Colorizer:
 
 
 def _decode_path(path: Path, max_pixels: int) -> imageio.DecodedImage:
-    return imageio.decode_image(path.read_bytes(), max_pixels=max_pixels)
+    # storage.read_bytes, not Path.read_bytes: a FIFO named *.jpg would block forever, a device never end.
+    return imageio.decode_image(storage.read_bytes(str(path)), max_pixels=max_pixels)
 
 
 def _write(path: Path, rgb: np.ndarray, fmt: str | None, quality: int) -> Path:
@@ -89,6 +91,10 @@ def compare_figure(path: Path, name: str, source: imageio.DecodedImage, outputs:
 
 
 def cmd_image(args) -> int:
+    if Path(args.input).is_dir():
+        raise UserError(f"{args.input} is a folder: use `colorize folder {args.input} -o OUT_DIR`")
+    if Path(args.output).is_dir():
+        raise UserError(f"-o {args.output} is a folder: give the output image's file name (e.g. out.jpg)")
     colorizer = Colorizer(args.model, args.weights, saturation=args.saturation, **_model_kwargs(args))
     source = _decode_path(Path(args.input), args.max_pixels)
     out = _write(Path(args.output), colorizer([source])[0], args.format, args.quality)
@@ -98,6 +104,11 @@ def cmd_image(args) -> int:
 
 def cmd_folder(args) -> int:
     folder, outdir = Path(args.input), Path(args.output)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: give a folder of images, or use `colorize image` for one file")
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"-o {outdir} is a file: `colorize folder` writes one sub-folder per model there; "
+                        f"give a folder (it is created if missing)")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         print(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}", file=sys.stderr)
@@ -108,7 +119,7 @@ def cmd_folder(args) -> int:
     for f in files:
         try:
             decoded[f.name] = _decode_path(f, args.max_pixels)
-        except imageio.ImageDecodeError as exc:
+        except (imageio.ImageDecodeError, OSError) as exc:  # OSError: a FIFO, a folder named *.jpg, no access
             failures += 1
             print(f"skipped {f.name}: {exc}", file=sys.stderr)
     names = list(decoded)
@@ -215,8 +226,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (WeightsError, imageio.ImageDecodeError, FileNotFoundError) as exc:
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename or exc}: no such file or folder", file=sys.stderr)
+        return 1
+    except (WeightsError, imageio.ImageDecodeError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except storage.NotRegularFileError as exc:
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
 
 

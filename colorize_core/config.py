@@ -6,13 +6,17 @@ rejected so a typo in YAML fails loudly instead of being ignored.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .errors import UserError
 from .imageio import DEFAULT_MAX_PIXELS
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -26,6 +30,10 @@ class StorageConfig(_Strict):
     region: str | None = Field(None, description="S3 region (AWS_REGION).")
     access_key_id: SecretStr | None = Field(None, description="Prefer AWS_ACCESS_KEY_ID; never logged.")
     secret_access_key: SecretStr | None = Field(None, description="Prefer AWS_SECRET_ACCESS_KEY; never logged.")
+    retry_seconds: float = Field(60.0, ge=0, description="How long each read/write keeps retrying a transient "
+                                 "failure (outage, 5xx, throttling) before its row is left `transient` for a "
+                                 "rerun. Longer rides out longer outages; shorter fails faster.")
+    request_attempts: int = Field(5, ge=1, le=20, description="botocore tries per HTTP request (standard mode).")
 
     def redacted(self) -> dict[str, Any]:
         """JSON-safe, with the key and secret replaced by '***' (for files written beside outputs)."""
@@ -42,6 +50,8 @@ class StorageConfig(_Strict):
             region=self.region,
             key=self.access_key_id.get_secret_value() if self.access_key_id else None,
             secret=self.secret_access_key.get_secret_value() if self.secret_access_key else None,
+            retry_seconds=self.retry_seconds,
+            request_attempts=self.request_attempts,
         )
 
 
@@ -89,9 +99,28 @@ class JobConfig(_Strict):
     def _fmt(cls, v: Any) -> Any:
         return {"jpg": "jpeg"}.get(str(v).lower(), str(v).lower()) if v is not None else v
 
+    @field_validator("output", mode="after", check_fields=False)
+    @classmethod
+    def _no_glob(cls, v: Any) -> Any:
+        # --overwrite deletes under the output; a pattern there must never be able to widen that delete.
+        if isinstance(v, str) and any(c in v for c in "*?["):
+            raise ValueError(f"{v!r} contains a glob character (* ? [), which --overwrite must never expand: "
+                             f"pick an output path without them")
+        return v
+
     def resolved(self) -> dict[str, Any]:
-        """JSON-safe resolved config with secrets removed (for config.json beside the outputs)."""
-        return {**self.model_dump(mode="json"), "storage": self.storage.redacted()}
+        """JSON-safe resolved config with secrets removed (for config.json beside the outputs): storage
+        credentials masked, and presigned URLs (weights, model, manifest) without their signatures."""
+        from .storage import redact_uri
+
+        data = {**self.model_dump(mode="json"), "storage": self.storage.redacted()}
+        for key in ("weights", "model", "manifest", "output", "reference", "models"):
+            value = data.get(key)
+            if isinstance(value, str):
+                data[key] = redact_uri(value)
+            elif isinstance(value, list):
+                data[key] = [redact_uri(v) if isinstance(v, str) else v for v in value]
+        return data
 
 
 class ColorizeConfig(JobConfig):
@@ -119,10 +148,66 @@ class ColorizeConfig(JobConfig):
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file {path} not found: check the --config path") from None
+    except IsADirectoryError:
+        raise UserError(f"--config {path} is a directory: give a YAML file") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     return data
+
+
+def build(cls: type[M], data: dict[str, Any], *, source: str | Path | None = None) -> M:
+    """``cls(**data)``, with a validation failure turned into one :class:`UserError` line that names the key,
+    says what is wrong and, for a typo, the key that was probably meant."""
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        raise UserError(explain(exc, cls, source)) from None
+
+
+def explain(exc: ValidationError, cls: type[BaseModel], source: str | Path | None = None) -> str:
+    """One line for a pydantic ValidationError (the first problem, and how many more there are)."""
+    problems = exc.errors(include_url=False)
+    first = problems[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc) or "config"
+    where = f"{source}: " if source else ""
+    if first["type"] == "extra_forbidden":
+        known = _field_names(cls, loc[:-1])
+        guess = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+        hint = f" (did you mean '{'.'.join([*loc[:-1], guess[0]])}'?)" if guess else \
+            f" (known keys: {', '.join(sorted(known))})"
+        text = f"unknown key '{key}'{hint}"
+    elif first["type"] == "missing":
+        flag = "--" + loc[-1].replace("_", "-")
+        text = f"missing required setting '{key}': give {flag} or set it in the config file"
+    elif first["type"] == "value_error":
+        text = f"'{key}': {first['msg'].removeprefix('Value error, ')}"
+    else:
+        value = first.get("input")
+        shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+        text = f"'{key}' = {shown[:80]}: {first['msg']}"
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return f"{where}{text}{more}".replace("\n", " ")
+
+
+def _field_names(cls: type[BaseModel], path: list[str]) -> list[str]:
+    model: Any = cls
+    for name in path:
+        field = getattr(model, "model_fields", {}).get(name)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,13 @@ class UserError(Exception):
     """A mistake the user can fix; ``str(exc)`` is the one line they see."""
 
 
+class UnknownNameError(UserError, KeyError):
+    """A name that is not in a registry (a model, a protocol). Still a KeyError for code that looks names up."""
+
+    def __str__(self) -> str:  # KeyError's own __str__ would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class TransientError(OSError):
     """A retryable failure that persisted after the bounded retries (storage outage, throttling, 5xx)."""
 

@@ -37,6 +37,11 @@ Decisions worth knowing:
 * Colour management is not applied: ICC profiles are ignored, CMYK and YCbCr
   use Pillow's plain conversions.
 * Multi-frame files (GIF, WebP, multi-page TIFF, MPO) yield their first frame.
+* **Formats**: only :data:`DECODE_FORMATS` are decoded, all by code inside this process (Pillow's C
+  decoders, tifffile). Pillow would otherwise try every plugin it has, and its EPS plugin runs Ghostscript
+  (an interpreter of a full programming language) on the file. Documents (PDF, PostScript/EPS, SVG, HTML)
+  are recognised from their first bytes and refused before Pillow sees them; anything else that is not
+  in the allowlist is "unsupported format".
 """
 
 from __future__ import annotations
@@ -67,6 +72,10 @@ DEFAULT_MAX_PIXELS = 100_000_000
 RGB (twice that for 16-bit). Raise it per call for very large plates."""
 
 FORMAT_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+DECODE_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "JPEG2000", "PPM")
+"""Pillow format names we decode (``Image.open(formats=...)``). MPO (multi-picture JPEG) opens through
+the JPEG plugin. JPEG 2000 is OpenJPEG, linked into Pillow. Nothing here starts another program."""
 
 # Pillow's decompression-bomb guard reads this module-global at every
 # Image.open and warns above it / raises above twice it. We do our own per-call
@@ -111,6 +120,14 @@ _MAGIC = [
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
     (b"BM", "BMP"),
+]
+
+
+_OTHER_MAGIC = [
+    (b"8BPS", "PSD"), (b"gimp xcf", "XCF"), (b"DDS ", "DDS"), (b"SIMPLE  =", "FITS"), (b"\x00\x00\x01\x00", "ICO"),
+    (b"icns", "ICNS"), (b"qoif", "QOI"), (b"\xd7\xcd\xc6\x9a", "WMF"), (b"\x01\x00\x00\x00", "EMF"),
+    (b"ftypavif", "AVIF"), (b"ftypheic", "HEIF"), (b"ftypmif1", "HEIF"), (b"\x00\x00\x00\x0cjXL ", "JPEG XL"),
+    (b"\xff\x0a", "JPEG XL"), (b"#?RADIANCE", "HDR"), (b"\x76\x2f\x31\x01", "OpenEXR"),
 ]
 
 
@@ -219,8 +236,11 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpeg", *, quality: int = 95) -> by
 
 
 def _decode(data: bytes, max_pixels: int) -> DecodedImage:
+    refused = _refused_document(data)
+    if refused is not None:
+        raise ImageDecodeError(refused)
     try:
-        im = Image.open(io.BytesIO(data))
+        im = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
     except UnidentifiedImageError:
         # Pillow refuses some 16-bit RGB TIFF layouts (e.g. RGB + 2 extra samples).
         if _sniff(data) == "TIFF":
@@ -317,7 +337,7 @@ def _decode_rgb16(data: bytes, im: Image.Image, max_pixels: int) -> DecodedImage
 
 def _load_with_rawmodes(data: bytes, rawmodes: list[str]) -> np.ndarray:
     """Decode with each tile's raw mode replaced (Pillow keeps one byte per sample)."""
-    with Image.open(io.BytesIO(data)) as im:
+    with Image.open(io.BytesIO(data), formats=DECODE_FORMATS) as im:
         im.tile = [
             t._replace(args=(raw, *t.args[1:]) if isinstance(t.args, tuple) else raw)
             for t, raw in zip(im.tile, rawmodes, strict=True)
@@ -458,10 +478,28 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
+def _refused_document(data: bytes) -> str | None:
+    """A reason to refuse documents before any decoder sees them (PostScript would run Ghostscript)."""
+    head = data[:1024]
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n\x00")
+    if head.startswith(b"\xc5\xd0\xd3\xc6") or stripped.startswith(b"%!"):
+        return "unsupported format: PostScript/EPS (refused: decoding it would run Ghostscript)"
+    if stripped.startswith(b"%PDF") or b"%PDF-" in head:
+        return "not an image (PDF document)"
+    low = stripped[:1024].lower()
+    if low.startswith((b"<?xml", b"<svg", b"<!doctype svg")) and b"<svg" in data[:65536].lower():
+        return "unsupported format: SVG (vector graphics are not decoded)"
+    return None
+
+
 def _unidentified_reason(data: bytes) -> str:
     kind = _sniff(data)
     if kind is not None:
         return f"corrupt or truncated {kind} header"
+    # Named from magic numbers, not by asking Pillow's other plugins: they are exactly what we do not run.
+    for magic, name in _OTHER_MAGIC:
+        if data.startswith(magic) or (name in ("HEIF", "AVIF") and data[4:12].startswith(magic)):
+            return f"unsupported format: {name} (decoded: {', '.join(DECODE_FORMATS)})"
     head = data[:1024].lstrip()
     if head.startswith(b"%PDF"):
         return "not an image (PDF document)"

@@ -83,33 +83,9 @@ def inference_flags(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- config
 
 
-def format_validation_error(exc: Exception, what: str = "") -> str:
-    """A pydantic ValidationError as one line: each problem as ``key: reason``."""
-    try:
-        from .config import format_validation_error as theirs  # the config module's formatter, when present
-
-        return theirs(exc)
-    except ImportError:
-        pass
-    parts = []
-    for err in getattr(exc, "errors", lambda: [])():
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "config"
-        kind = err.get("type", "")
-        if kind == "extra_forbidden":
-            parts.append(f"unknown key '{loc}'")
-        elif kind == "missing":
-            parts.append(f"'{loc}' is required (--{loc.replace('_', '-')} or '{loc}:' in --config)")
-        else:
-            parts.append(f"'{loc}': {err.get('msg', kind)}")
-    text = "; ".join(parts) if parts else str(exc).splitlines()[0]
-    return f"{what}: {text}" if what else text
-
-
 def load_config(cls, args: argparse.Namespace, flags: dict[str, Any], defaults: dict[str, Any] | None = None):
     """``cls`` from the YAML file of ``--config`` (if any), overridden by flags that were given."""
-    from pydantic import ValidationError
-
-    from .config import load_yaml, merge
+    from .config import build, load_yaml, merge
 
     try:
         base = load_yaml(args.config) if getattr(args, "config", None) else {}
@@ -121,10 +97,7 @@ def load_config(cls, args: argparse.Namespace, flags: dict[str, Any], defaults: 
     for key, value in (defaults or {}).items():
         if not data.get(key):
             data[key] = value
-    try:
-        return cls(**data)
-    except ValidationError as exc:
-        raise UserError(format_validation_error(exc, getattr(args, "config", None) or "")) from None
+    return build(cls, data, source=getattr(args, "config", None))
 
 
 # --------------------------------------------------------------------------------------------- Ray
@@ -260,7 +233,9 @@ def one_line(exc: BaseException) -> str:
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
-        return format_validation_error(exc)
+        from .config import explain
+
+        return explain(exc, None)
     from .manifest import ManifestError
 
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc).strip()

@@ -18,14 +18,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
+from . import errors, storage
 
 REQUIRED = ("image_id", "uri")
 OPTIONAL = ("reference_uri", "hints")
 OPTIONAL_TYPES = {"reference_uri": pa.string(),
                   "hints": pa.list_(pa.struct([("x", pa.float64()), ("y", pa.float64()), ("a", pa.float64()),
                                                ("b", pa.float64())]))}
-MAX_ID_LENGTH = 512
+# An id becomes the key images/<id>.<ext>. Local file systems cap each path component at 255 bytes
+# (NAME_MAX), so the last component plus the longest extension (".webp") must fit; S3 caps a key at 1024
+# bytes, so the whole id is capped well below that to leave room for the output prefix (checked exactly when
+# the output is known, see validate()).
+MAX_COMPONENT_BYTES = storage.MAX_NAME_BYTES - len(".webp")
+MAX_ID_BYTES = 900
+MAX_ID_LENGTH = MAX_ID_BYTES  # bytes of UTF-8; the old name, kept for callers
+_OUTPUT_EXTENSIONS = ("jpg", "png", "webp")  # imageio.FORMAT_EXTENSIONS values (not imported: no PIL here)
 MAX_REPORTED = 10
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -67,22 +74,49 @@ class ManifestInfo:
         return sum(self.rows_per_file)
 
 
+_BAD_PARTS = frozenset({"", ".", ".."})
+_DRIVE = re.compile(r"[A-Za-z]:")
+_SHORT = MAX_COMPONENT_BYTES // 4  # this many characters fit whatever they are (UTF-8: at most 4 bytes each)
+
+
 def id_problem(image_id: object) -> str | None:
     """Why ``image_id`` cannot name an output object, or None. Ids may contain '/' (sub-folders)
-    but must stay inside the output prefix."""
+    but must stay inside the output prefix, and each part must fit a file name. (Called once per manifest
+    row: written for speed, checks ordered cheapest first.)"""
     if not isinstance(image_id, str):
         return "image_id is null"
     if not image_id:
         return "image_id is empty"
-    if len(image_id) > MAX_ID_LENGTH:
-        return f"image_id longer than {MAX_ID_LENGTH} characters"
+    size = len(image_id) if len(image_id) <= _SHORT else len(image_id.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        return f"image_id longer than {MAX_ID_BYTES} bytes of UTF-8 ({size}): output keys would not fit"
     if _CONTROL.search(image_id):
         return "image_id contains control characters"
-    if image_id.startswith("/") or "\\" in image_id or re.match(r"^[A-Za-z]:", image_id):
+    if image_id[0] == "/" or "\\" in image_id or _DRIVE.match(image_id):
         return "image_id is an absolute path"
-    if any(part in ("", ".", "..") for part in image_id.split("/")):
+    parts = image_id.split("/")
+    if not _BAD_PARTS.isdisjoint(parts):
         return "image_id has an empty, '.' or '..' path component (would escape the output prefix)"
+    if size > MAX_COMPONENT_BYTES and any(len(p.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES
+                                          for p in parts):
+        return (f"image_id has a path component longer than {MAX_COMPONENT_BYTES} bytes: with its extension it "
+                f"would not fit a file name (255 bytes)")
     return None
+
+
+def _dir_claims(image_id: str, extensions: tuple[str, ...]):
+    """Ids whose output FILE would sit where this id needs a DIRECTORY: for ``a.jpg/b`` that is ``a``
+    (images/a.jpg is a file, images/a.jpg/b.jpg needs it to be a folder)."""
+    parts = image_id.split("/")
+    for i in range(1, len(parts)):
+        head = "/".join(parts[:i])
+        for ext in extensions:
+            if head.endswith("." + ext):
+                yield head[: -len(ext) - 1]
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def manifest_files(uri: str, options) -> tuple[str, list[str]]:
@@ -122,6 +156,13 @@ def _check_schema(path: str, schema: pa.Schema) -> None:
         raise ManifestError(f"{path}: " + "; ".join(problems))
 
 
+def _schema_and_rows(path: str, options) -> tuple[pa.Schema, int]:
+    fs, p = storage.filesystem(path, options)
+    with fs.open(p, "rb") as f:
+        pf = pq.ParquetFile(f)
+        return pf.schema_arrow, pf.metadata.num_rows
+
+
 def _id_digest(image_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=8).digest(), "little")
 
@@ -137,25 +178,49 @@ def _iter_ids(path: str, options):
                 row += 1
 
 
-def validate(uri: str, options) -> ManifestInfo:
+def validate(uri: str, options, *, output: str | None = None, output_format: str | None = None) -> ManifestInfo:
     """Check schema, id safety and uniqueness across all files. Raises ManifestError naming rows.
+
+    Also refused up front, whatever the order of the rows: ids whose output key the store cannot hold
+    (over 1024 bytes under an ``s3://`` ``output``; a path component over 255 bytes with its extension) and
+    ids that would need a file and a folder at the same path (``x`` writes images/x.jpg, ``x.jpg/y`` needs
+    images/x.jpg/ as a folder); with no ``output_format`` every output extension is checked.
 
     Uniqueness costs 8 bytes per row (a 64-bit digest of each id, sorted once), not a set of strings:
     ten million ids need 80 MB. Only when digests repeat is a second pass made, over the rows holding
-    them, to name the duplicates (and to ignore a digest collision between different ids)."""
+    them, to name the duplicates (and to ignore a digest collision between different ids). Collisions
+    are found the same way: the digests of the ids that ids with folders would clash with."""
+    try:
+        return _validate(uri, options, output, output_format)
+    except errors.TransientError:
+        raise
+    except Exception as exc:
+        if errors.is_transient(exc):  # an outage while streaming the ids: one line, and a rerun retries
+            raise errors.TransientError(f"reading manifest {storage.redact_uri(uri)}: {type(exc).__name__}: "
+                                        f"{str(exc)[:200]}") from exc
+        raise
+
+
+def _validate(uri: str, options, output: str | None, output_format: str | None) -> ManifestInfo:
+    extensions = _OUTPUT_EXTENSIONS if output_format is None else (
+        {"jpeg": "jpg"}.get(output_format, output_format),)
+    key_budget = None
+    if output is not None and storage.is_s3(output):
+        prefix = storage.join(output, "images")[len(storage.S3_SCHEME):].split("/", 1)[-1]
+        key_budget = storage.MAX_S3_KEY_BYTES - len(prefix.encode()) - 1 - 1 - max(map(len, extensions))
+    markers = tuple(f".{ext}/" for ext in extensions)  # only ids holding one of these can claim a folder
     root, files = manifest_files(uri, options)
     problems: list[str] = []
     rows_per_file = []
     columns: set[str] = set()
     digests: list[np.ndarray] = []
     content: list[str] = []
+    claims: list[int] = []  # digests of ids that an id with folders would collide with (rare: kept as ints)
     for path in files:
-        fs, p = storage.filesystem(path, options)
-        with fs.open(p, "rb") as f:
-            pf = pq.ParquetFile(f)
-            _check_schema(path, pf.schema_arrow)
-            columns.update(c for c in (*REQUIRED, *OPTIONAL) if c in pf.schema_arrow.names)
-            rows_per_file.append(pf.metadata.num_rows)
+        schema, num_rows = storage.retrying("read", path, options, lambda: _schema_and_rows(path, options))
+        _check_schema(path, schema)
+        columns.update(c for c in (*REQUIRED, *OPTIONAL) if c in schema.names)
+        rows_per_file.append(num_rows)
         file_digests = []
         whole = hashlib.blake2b(digest_size=16)
         for row, image_id, u in _iter_ids(path, options):
@@ -163,26 +228,48 @@ def validate(uri: str, options) -> ManifestInfo:
             reason = id_problem(image_id)
             if reason is None and not u:
                 reason = "uri is null or empty"
+            if reason is None and key_budget is not None and len(image_id.encode()) > key_budget:
+                reason = "its output key would exceed S3's 1024 bytes: shorten the id or the output prefix"
             if reason is not None:
-                problems.append(f"{path} row {row}: {reason} ({image_id!r})")
+                problems.append(f"{path} row {row}: {_clip(reason)} ({_clip(repr(image_id))})")
             else:
                 file_digests.append(_id_digest(image_id))
+                if any(m in image_id for m in markers):
+                    claims.extend(_id_digest(c) for c in _dir_claims(image_id, extensions))
         digests.append(np.array(file_digests, dtype=np.uint64))
         content.append(whole.hexdigest())
     values, counts = np.unique(np.concatenate(digests) if digests else np.zeros(0, np.uint64), return_counts=True)
+    all_digests = np.concatenate(digests) if digests else np.zeros(0, np.uint64)
+    values, counts = np.unique(all_digests, return_counts=True)
     repeated = set(values[counts > 1].tolist())
-    if repeated:
+    clashing = set(np.intersect1d(np.array(claims, dtype=np.uint64), values).tolist()) if claims else set()
+    if repeated or clashing:
         first: dict[str, tuple[str, int]] = {}
+        files_at: dict[str, tuple[str, int]] = {}  # ids whose output file some folder would need
+        folders: list[tuple[str, int, str, str]] = []  # (path, row, id, the id it clashes with)
         for path in files:
             for row, image_id, _ in _iter_ids(path, options):
-                if id_problem(image_id) is not None or _id_digest(image_id) not in repeated:
+                if id_problem(image_id) is not None:
+                    continue
+                digest = _id_digest(image_id)
+                if digest in clashing:
+                    files_at.setdefault(image_id, (path, row))
+                if clashing and any(m in image_id for m in markers):
+                    folders.extend((path, row, image_id, c) for c in _dir_claims(image_id, extensions)
+                                   if _id_digest(c) in clashing)
+                if digest not in repeated:
                     continue
                 if image_id in first:
                     other = first[image_id]
-                    problems.append(f"{path} row {row}: duplicate image_id {image_id!r} "
+                    problems.append(f"{path} row {row}: duplicate image_id {_clip(repr(image_id))} "
                                     f"(first at {other[0]} row {other[1]})")
                 else:
                     first[image_id] = (path, row)
+        for path, row, image_id, other_id in folders:
+            if other_id in files_at:
+                where = files_at[other_id]
+                problems.append(f"{path} row {row}: image_id {_clip(repr(image_id))} needs a folder where image_id "
+                                f"{_clip(repr(other_id))} ({where[0]} row {where[1]}) writes its file; rename one")
     if problems:
         shown = "\n  ".join(problems[:MAX_REPORTED])
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
@@ -240,7 +327,12 @@ def rows_read(shard: Shard, options) -> int:
 
 
 def read_shard(shard: Shard, options, columns: tuple[str, ...]) -> pa.Table:
-    """The shard's rows, reading only the row groups that overlap it (see :func:`restage`)."""
+    """The shard's rows, reading only the row groups that overlap it (see :func:`restage`), retried like every
+    storage read."""
+    return storage.retrying("read", shard.file, options, lambda: _read_shard(shard, options, columns))
+
+
+def _read_shard(shard: Shard, options, columns: tuple[str, ...]) -> pa.Table:
     fs, p = storage.filesystem(shard.file, options)
     with fs.open(p, "rb") as f:
         pf = pq.ParquetFile(f)

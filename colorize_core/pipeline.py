@@ -80,7 +80,7 @@ def check_model_name(model: str) -> None:
 
 def run_identity(cfg: ColorizeConfig, model_info) -> dict[str, Any]:
     """Every setting that changes an output byte; the weights by the hash of their content."""
-    return {"model": cfg.model, "weights_sha256": model_info.weights_sha256, "output_format": cfg.output_format,
+    return {"model": storage.redact_uri(cfg.model), "weights_sha256": model_info.weights_sha256, "output_format": cfg.output_format,
             "quality": cfg.quality, "saturation": cfg.saturation, "temperature": cfg.temperature,
             "hint_radius": cfg.hint_radius, "shard_rows": cfg.shard_rows}
 
@@ -97,11 +97,14 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     check_model_name(cfg.model)
     if cfg.manifest == "samples":
         cfg = cfg.model_copy(update={"manifest": samples_manifest(cfg.output)})
-    info = manifest_mod.validate(cfg.manifest, options)
+    with storage.access_checked(cfg.manifest):
+        info = manifest_mod.validate(cfg.manifest, options, output=cfg.output, output_format=cfg.output_format)
     model_kwargs = {"temperature": cfg.temperature} if cfg.temperature is not None else {}
     # Resolve the model once on the driver: fail fast on bad weights, record what ran.
     module, model_info = load_model(cfg.model, cfg.weights, storage_options=options, **model_kwargs)
-    resumed = runstate.check_identity(cfg.output, run_identity(cfg, model_info), options, overwrite=cfg.overwrite)
+    with storage.access_checked(cfg.output):
+        resumed = runstate.check_identity(cfg.output, run_identity(cfg, model_info), options,
+                                          overwrite=cfg.overwrite)
     storage.write_bytes(storage.join(cfg.output, "config.json"),
                         json.dumps(cfg.resolved(), indent=2).encode(), options)
 
@@ -157,8 +160,8 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
         "images_per_second": processed / wall if wall > 0 else None,
         "wall_seconds": wall,
         "model": model_info.name,
-        "model_description": cfg.model if is_checkpoint_uri(cfg.model) else get_entry(model_info.name).description,
-        "weights": model_info.weights,
+        "model_description": storage.redact_uri(cfg.model) if is_checkpoint_uri(cfg.model) else get_entry(model_info.name).description,
+        "weights": storage.redact_uri(model_info.weights),
         "weights_sha256": model_info.weights_sha256,
         "num_params": model_info.num_params,
         "input_size": list(model_info.input_size),

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import color, imageio, metrics, storage
+from . import color, errors, imageio, metrics, storage
 from .manifest import Shard, read_shard
 from .schema import METRIC_COLUMNS
 
@@ -286,7 +286,7 @@ class DecodeStage:
                 status.append("ok")
                 error.append(None)
             except Exception as exc:  # noqa: BLE001 - every failure becomes this row's error
-                status.append("error")
+                status.append(errors.TRANSIENT if errors.is_transient(exc) else errors.ERROR)
                 error.append(short_error(exc))
             seconds[i] = time.perf_counter() - t0
         out = {k: v for k, v in batch.items() if k != "hints"}
@@ -566,7 +566,7 @@ class ComposeStage:
                 try:
                     values = self._one(row)
                 except Exception as exc:  # noqa: BLE001 - a bad image is a row, not a crash
-                    status, error = "error", short_error(exc)
+                    status, error = errors.TRANSIENT if errors.is_transient(exc) else errors.ERROR, short_error(exc)
             rows["image_id"].append(row["image_id"])
             rows["shard_id"].append(row["shard_id"])
             rows["status"].append(status)
@@ -648,23 +648,24 @@ class EvalComposeStage:
             t0 = time.perf_counter()
             row = {k: batch[k][i] for k in batch}
             reference = l_full = None
-            image_error = row["error"]
+            image_error, image_status = row["error"], row["status"]
             if row["status"] == "ok":
                 try:
                     reference = self._reference(row["uri"])
                     l_full = color.srgb_to_l(reference)
                 except Exception as exc:  # noqa: BLE001 - a bad image is a row, not a crash
                     image_error = short_error(exc)
+                    image_status = errors.TRANSIENT if errors.is_transient(exc) else errors.ERROR
             shared = time.perf_counter() - t0
             for model in self.models:
                 t1 = time.perf_counter()
                 values: dict[str, Any] = {}
-                status, error = ("ok", None) if reference is not None else ("error", image_error)
+                status, error = ("ok", None) if reference is not None else (image_status, image_error)
                 if reference is not None:
                     try:
                         values = self._score(model, row, l_full, reference)
                     except Exception as exc:  # noqa: BLE001 - one model's failure is that row's error
-                        status, error = "error", short_error(exc)
+                        status, error = errors.TRANSIENT if errors.is_transient(exc) else errors.ERROR, short_error(exc)
                 inference = float(row[model.seconds_column]) if model.seconds_column else 0.0
                 rows["image_id"].append(row["image_id"])
                 rows["shard_id"].append(row["shard_id"])

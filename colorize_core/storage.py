@@ -7,13 +7,37 @@ sees half a file; an S3 PUT is already all-or-nothing.
 
 S3-compatible servers (SeaweedFS, MinIO) are reached by ``endpoint_url``; addressing is then path-style, since
 such servers rarely have wildcard DNS for virtual-hosted buckets.
+
+Failures come in two kinds (see :mod:`colorize_core.errors`). Three layers retry the transient ones:
+
+* botocore (``retries={"mode": "standard", "max_attempts": 5}``) retries each request on connection errors,
+  read/connect timeouts, HTTP 500/502/503/504, 429 and throttling codes, with jittered backoff capped at 20 s;
+* s3fs retries a call again (5 tries, ``min(1.7**i * 0.1, 15)`` s apart) on socket timeouts, botocore
+  ``HTTPClientError`` (connection closed, read timeout), incomplete reads and any error that mentions
+  ``SlowDown``; it then translates the botocore error into ``OSError``/``PermissionError``/``FileNotFoundError``
+  with the original as ``__cause__``;
+* and every helper here (read, write, exists, list, remove, Parquet) retries the whole operation once those
+  gave up (an outage outlasts them: connection refused fails in milliseconds), with exponential backoff and
+  full jitter, for at most ``StorageOptions.retry_seconds``. Then it raises :class:`~.errors.TransientError`.
+
+Permanent failures are never retried: a missing object stays ``FileNotFoundError``, a 403 on one object
+``PermissionError``. Local reads are guarded like remote ones: regular files only (a FIFO, directory or device
+is refused from ``fstat`` of a non-blocking descriptor, so nothing can hang on it) and at most ``max_bytes``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import random
+import stat
 import threading
+import time
+import urllib.parse
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -22,11 +46,33 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .errors import TransientError, UserError, is_transient
+
+log = logging.getLogger(__name__)
+
 S3_SCHEME = "s3://"
 _FILE_SCHEME = "file://"
 # Temporary files of in-flight local writes start with this, and listings leave them out.
 _TMP_PREFIX = ".colorize-tmp-"
 _RETRIES = {"max_attempts": 5, "mode": "standard"}
+DEFAULT_MAX_BYTES = 512 * 1024**2
+"""Largest object :func:`read_bytes` returns by default: a 100 MP 16-bit TIFF is ~600 MB uncompressed, but
+archives store them compressed; anything bigger is refused as that row's error, not read into memory."""
+_BACKOFF_BASE_S, _BACKOFF_CAP_S = 0.5, 8.0
+# S3 keys are at most 1024 bytes of UTF-8; a local path component at most 255 bytes (NAME_MAX on Linux,
+# macOS and Windows' NTFS alike).
+MAX_S3_KEY_BYTES, MAX_NAME_BYTES = 1024, 255
+_GLOB_CHARS = ("*", "?", "[")
+# Query parameters that carry credentials in presigned or token-bearing URLs.
+_SECRET_QUERY = ("signature", "credential", "token", "security", "key", "sig", "secret", "password", "auth")
+
+
+class NotRegularFileError(OSError):
+    """A local source that is not a regular file (FIFO, directory, device, socket): refused before reading."""
+
+
+class TooLargeError(OSError):
+    """An object larger than the read limit (``max_bytes``)."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -39,6 +85,11 @@ class StorageOptions:
     secret: str | None = None
     token: str | None = None  # AWS_SESSION_TOKEN: temporary (assumed-role, SSO) credentials
     anon: bool = False
+    request_attempts: int = 5
+    """Tries per HTTP request in botocore (standard retry mode: jittered backoff, at most 20 s apart)."""
+    retry_seconds: float = 60.0
+    """How long each storage helper keeps retrying a transient failure (after botocore's and s3fs's own
+    retries gave up) before raising TransientError: long enough to ride out a server restart."""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> StorageOptions:
@@ -146,14 +197,15 @@ def _new_s3fs(options: StorageOptions) -> fsspec.AbstractFileSystem:
 
     client_kwargs: dict[str, Any] = {}
     # Explicit timeouts: a connection the server dropped must fail and be retried, never wait forever.
-    config_kwargs: dict[str, Any] = {"retries": dict(_RETRIES), "connect_timeout": 10, "read_timeout": 60}
+    retries = {**_RETRIES, "max_attempts": options.request_attempts}
+    config_kwargs: dict[str, Any] = {"retries": retries, "connect_timeout": 10, "read_timeout": 60}
     if options.endpoint_url:
         client_kwargs["endpoint_url"] = options.endpoint_url
         config_kwargs["s3"] = {"addressing_style": "path"}
     if options.region:
         client_kwargs["region_name"] = options.region
     credentials = {} if options.anon else {"key": options.key, "secret": options.secret, "token": options.token}
-    return s3fs.S3FileSystem(
+    fs = s3fs.S3FileSystem(
         session=_session_without_expect_continue(),
         anon=options.anon,
         client_kwargs=client_kwargs,
@@ -164,6 +216,11 @@ def _new_s3fs(options: StorageOptions) -> fsspec.AbstractFileSystem:
         use_listings_cache=False,
         **credentials,
     )
+    # s3fs retries a call 5 times on top of botocore's 5 tries per request: 25 tries, minutes of waiting
+    # per object in an outage. Keep one s3fs retry (it re-reads a body cut mid-stream, which botocore does
+    # not); outages are ridden out by `retrying`, whose total time is bounded.
+    fs.retries = 2
+    return fs
 
 
 def filesystem(uri: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -183,17 +240,150 @@ def _to_uri(path: str, s3: bool) -> str:
     return S3_SCHEME + path if s3 else path
 
 
-def read_bytes(uri: str, options: StorageOptions | None = None) -> bytes:
+def redact_uri(uri: str | None) -> str | None:
+    """``uri`` safe to write into run.json, config.json, summary.json or a log line.
+
+    A presigned ``https://`` URL carries its credentials in the query string (``X-Amz-Signature``,
+    ``X-Amz-Credential``, ``X-Amz-Security-Token``, Azure ``sig``, GCS ``Signature``, ``token=``...): those
+    values become ``REDACTED``; user:password in the authority is dropped. Scheme, host, path and
+    harmless parameters are kept, so the record still says which file it was."""
+    if uri is None or "://" not in str(uri):
+        return uri
+    parts = urllib.parse.urlsplit(str(uri))
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if not parts.query:
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    query = [(k, "REDACTED" if any(w in k.lower() for w in _SECRET_QUERY) else v)
+             for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, urllib.parse.urlencode(query), ""))
+
+
+def retrying(what: str, uri: str, options: StorageOptions | None, fn: Callable[[], Any]) -> Any:
+    """Call ``fn()``; on a transient failure wait (exponential backoff, full jitter, capped) and call it
+    again, for at most ``options.retry_seconds``; then raise :class:`TransientError` naming ``what`` and the
+    URI. Permanent failures propagate at once, unchanged."""
+    budget = (options or StorageOptions()).retry_seconds
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except TransientError:
+            raise  # an inner helper already spent its budget
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            attempt += 1
+            elapsed = time.monotonic() - start
+            delay = random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
+            if elapsed + delay > budget:
+                raise TransientError(
+                    f"{what} {redact_uri(uri)}: still failing after {attempt} tries over {elapsed:.0f}s "
+                    f"({type(exc).__name__}: {_first_line(exc)})") from exc
+            log.debug("%s %s: transient %s, retry %d in %.1fs", what, redact_uri(uri), type(exc).__name__,
+                      attempt, delay)
+            time.sleep(delay)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                 "InvalidSecurity", "AllAccessDisabled"}
+
+
+def _is_denied(exc: BaseException) -> bool:
+    e: BaseException | None = exc
+    while e is not None:
+        if isinstance(e, PermissionError):
+            return True
+        response = getattr(e, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code") in _DENIED_CODES:
+            return True
+        if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+@contextlib.contextmanager
+def access_checked(uri: str) -> Iterator[None]:
+    """Turn "access denied" on the job's own inputs and outputs (manifest, output prefix) into a UserError:
+    there it means wrong credentials or permissions, which the user fixes. (A 403 on one source image
+    stays a PermissionError: that row's error.)"""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        if not _is_denied(exc):
+            raise
+        where = redact_uri(uri)
+        if is_s3(uri):
+            raise UserError(f"access denied to {where}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the "
+                            f"storage section of the config) and that they may read and write there") from None
+        raise UserError(f"permission denied on {where}: check the path and its permissions") from None
+
+
+def check_output_uri(uri: str) -> None:
+    """Refuse an output location that a recursive delete (``--overwrite``) could misread: glob characters."""
+    if any(c in str(uri) for c in _GLOB_CHARS):
+        raise UserError(f"output {uri!r} contains a glob character (* ? [): pick an output path without them")
+
+
+def read_bytes(uri: str, options: StorageOptions | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The whole object, at most ``max_bytes`` long (:class:`TooLargeError` otherwise).
+
+    Local sources must be regular files: a FIFO, directory, device or socket raises
+    :class:`NotRegularFileError` without a byte being read (a FIFO with no writer would block forever)."""
     fs, path = filesystem(uri, options)
-    return fs.cat_file(path)
+    if not is_s3(uri):
+        return _read_local(path, max_bytes)
+
+    def read() -> bytes:
+        data = fs.cat_file(path)
+        if len(data) > max_bytes:
+            raise TooLargeError(errno.EFBIG, f"object larger than the {max_bytes}-byte read limit", uri)
+        return data
+
+    return retrying("read", uri, options, read)
+
+
+def _read_local(path: str, max_bytes: int) -> bytes:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. The checks then use fstat of
+    # what was opened, so a file swapped in between cannot dodge them.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise NotRegularFileError(errno.EINVAL, f"not a regular file ({kind})", path)
+        if st.st_size > max_bytes:
+            raise TooLargeError(errno.EFBIG, f"file of {st.st_size} bytes is over the {max_bytes}-byte read limit",
+                                path)
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:  # grew while we read
+            raise TooLargeError(errno.EFBIG, f"file is over the {max_bytes}-byte read limit", path)
+        return data
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _local_atomic_target(path: str) -> str:
-    """Create the parent directory and return an unused temporary path beside ``path``."""
+    """Create the parent directory and return an unused temporary path beside ``path``.
+
+    The name does not include the target's: a 255-byte file name plus a prefix would not fit in NAME_MAX."""
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     # Not mkstemp: its 0600 mode would survive the rename; open(..., "xb") gets the usual umask.
-    return os.path.join(parent, f"{_TMP_PREFIX}{os.path.basename(path)}.{uuid.uuid4().hex}")
+    return os.path.join(parent, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
 
 
 def _replace_or_discard(tmp: str, path: str, write) -> None:
@@ -212,7 +402,7 @@ def write_bytes(uri: str, data: bytes, options: StorageOptions | None = None) ->
     """Write a whole object; readers see the old content or the new, never a part."""
     fs, path = filesystem(uri, options)
     if is_s3(uri):
-        fs.pipe_file(path, bytes(data))
+        retrying("write", uri, options, lambda: fs.pipe_file(path, bytes(data)))
         return
 
     def write(tmp: str) -> None:
@@ -223,9 +413,21 @@ def write_bytes(uri: str, data: bytes, options: StorageOptions | None = None) ->
 
 
 def exists(uri: str, options: StorageOptions | None = None) -> bool:
-    """Whether a file or object exists (also true for a non-empty S3 prefix or a local directory)."""
+    """Whether a file or object exists (also true for a non-empty S3 prefix or a local directory).
+
+    Not ``fs.exists``: s3fs answers False for any error there, so an outage would read as "not written yet"."""
     fs, path = filesystem(uri, options)
-    return fs.exists(path)
+    if not is_s3(uri):
+        return os.path.exists(path)
+
+    def probe() -> bool:
+        try:
+            fs.info(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    return retrying("exists", uri, options, probe)
 
 
 def list_files(prefix_uri: str, options: StorageOptions | None = None, suffix: str | None = None) -> list[str]:
@@ -235,10 +437,14 @@ def list_files(prefix_uri: str, options: StorageOptions | None = None, suffix: s
     """
     fs, path = filesystem(prefix_uri, options)
     s3 = is_s3(prefix_uri)
-    try:
-        found = fs.find(path, detail=True)
-    except FileNotFoundError:
-        return []
+
+    def find() -> dict:
+        try:
+            return fs.find(path, detail=True)
+        except FileNotFoundError:
+            return {}
+
+    found = retrying("list", prefix_uri, options, find)
     out = []
     for p, info in found.items():
         # find() on an emptied S3 "directory" (SeaweedFS keeps them) answers with the directory itself.
@@ -252,12 +458,30 @@ def list_files(prefix_uri: str, options: StorageOptions | None = None, suffix: s
 
 
 def remove(uri: str, options: StorageOptions | None = None) -> None:
-    """Delete a file, object, directory or prefix, recursively; a missing one is not an error."""
+    """Delete a file, object, directory or prefix, recursively; a missing one is not an error.
+
+    Never globs: fsspec's ``rm`` expands ``*?[`` in the path, so a key holding them could widen the delete.
+    Local trees go through ``shutil.rmtree``; S3 objects are listed and deleted by exact key."""
+    import shutil
+
     fs, path = filesystem(uri, options)
-    try:
-        fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
+    if not is_s3(uri):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=False)
+        elif os.path.lexists(path):
+            os.unlink(path)
+        return
+
+    def delete() -> None:
+        keys = list(fs.find(path.rstrip("/")))  # s3fs's find lists by prefix; it does not glob
+        bucket = path.split("/", 1)[0]
+        names = sorted({k.split("/", 1)[1] for k in keys if "/" in k})
+        for i in range(0, len(names), 1000):
+            fs.call_s3("delete_objects", Bucket=bucket,
+                       Delete={"Objects": [{"Key": k} for k in names[i: i + 1000]], "Quiet": True})
+        fs.invalidate_cache(path)
+
+    retrying("remove", uri, options, delete)
 
 
 def pyarrow_filesystem(uri: str, options: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
@@ -274,20 +498,30 @@ def pyarrow_filesystem(uri: str, options: StorageOptions | None = None) -> tuple
 
 def read_parquet_table(uri: str, options: StorageOptions | None = None, columns: list[str] | None = None) -> pa.Table:
     fs, path = pyarrow_filesystem(uri, options)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+    return retrying("read", uri, options, lambda: pq.read_table(path, filesystem=fs, columns=columns))
 
 
 def write_parquet_table(table: pa.Table, uri: str, options: StorageOptions | None = None) -> None:
     """Write one Parquet file; like :func:`write_bytes`, it appears whole or not at all."""
     fs, path = pyarrow_filesystem(uri, options)
     if is_s3(uri):
-        pq.write_table(table, path, filesystem=fs)
+        # Into memory first, then one PUT: the object appears whole or not at all, and a retry resends it all.
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        write_bytes(uri, sink.getvalue().to_pybytes(), options)
         return
     _replace_or_discard(_local_atomic_target(path), path, lambda tmp: pq.write_table(table, tmp))
 
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
+    "NotRegularFileError",
     "StorageOptions",
+    "TooLargeError",
+    "access_checked",
+    "check_output_uri",
+    "redact_uri",
+    "retrying",
     "exists",
     "filesystem",
     "is_s3",

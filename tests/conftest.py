@@ -52,9 +52,10 @@ class S3Server:
     region: str
     bucket: str
     options: storage.StorageOptions
-    pid: int  # the server's process (our own for moto, which runs in a thread)
+    pid: int  # the server's process at start-up (our own for moto, which runs in a thread)
     port: int
     startup_s: float
+    control: "SeaweedControl | None" = field(default=None, compare=False, repr=False)
 
     def env(self) -> dict[str, str]:
         """Variables for a subprocess (a job, a separate Ray cluster) that should use this server."""
@@ -225,6 +226,32 @@ def _sweep_grpc_sockets(ports: dict[str, int]) -> None:
                     pass
 
 
+class SeaweedControl:
+    """Stop and restart the session's SeaweedFS on the same data directory and ports (fault tests)."""
+
+    def __init__(self, proc: subprocess.Popen, cmd: list[str], root: Path, ports: dict[str, int],
+                 options: storage.StorageOptions, bucket: str):
+        self.proc, self.cmd, self.root, self.ports, self.options, self.bucket = proc, cmd, root, ports, options, bucket
+
+    def kill(self) -> None:
+        """SIGKILL the whole server (no clean shutdown), as a crash or a lost node would."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def start(self) -> None:
+        """Start again on the same data directory and ports; returns once a signed request succeeds."""
+        _sweep_grpc_sockets(self.ports)
+        for name in ("filer.sock", "s3.sock"):
+            (self.root / name).unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        log = open(self.root / "weed.out", "ab")
+        self.proc = subprocess.Popen(self.cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        _wait_for_bucket(self.options, self.bucket, self.proc, self.ports["s3"], time.monotonic() + S3_START_TIMEOUT_S)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config):
     """A real S3 endpoint on 127.0.0.1 with one bucket and signed credentials, for the whole session."""
@@ -252,11 +279,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Con
         else:
             startup = time.monotonic() - t0
             _say(pytestconfig, f"s3_server: SeaweedFS weed mini at {endpoint} (pid {proc.pid}, up in {startup:.1f}s)")
+            control = SeaweedControl(proc, cmd, root, ports, options, bucket)
             try:
                 yield S3Server("seaweedfs", endpoint, key, secret, region, bucket, options, proc.pid,
-                               ports["s3"], startup)
+                               ports["s3"], startup, control)
             finally:
-                _stop_process_group(proc)
+                _stop_process_group(control.proc)
                 _sweep_grpc_sockets(ports)
             return
 

@@ -165,3 +165,80 @@ def _build() -> tuple[tuple[str, bytes, bool], ...]:
 def awkward_corpus() -> dict[str, tuple[bytes, bool]]:
     """name -> (file bytes, whether decode should succeed). A fresh dict per call."""
     return {name: (data, ok) for name, data, ok in _build()}
+
+
+# --------------------------------------------------------------------------- hostile corpus
+# Files a hostile or careless archive holds, each with what decoding must say: None = decodes fine, else a
+# fragment of the one-line reason. Kept apart from `awkward_corpus` (whose good entries are all W x H).
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
+       b"newpath 0 0 moveto 8 8 lineto stroke showpage\n%%EOF\n")
+SVG = (b'<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8">'
+       b'<rect width="8" height="8" fill="red"/></svg>\n')
+
+
+def _jpeg_with_size(width: int, height: int) -> bytes:
+    """A real JPEG whose SOF0 header is rewritten to claim ``width`` x ``height`` (a decompression bomb)."""
+    data = bytearray(save(Image.fromarray(gray_u8()), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5: sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _gif_with_size(width: int, height: int) -> bytes:
+    data = bytearray(save(Image.fromarray(gray_u8()).quantize(4), "GIF"))
+    data[6:10] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
+def _bad_crc_png() -> bytes:
+    data = bytearray(save(Image.fromarray(color_u8()), "PNG"))
+    idat = data.index(b"IDAT")
+    data[idat + 8] ^= 0xFF  # a byte inside the compressed data: the chunk's CRC no longer matches
+    return bytes(data)
+
+
+def _exif_jpeg(exif: bytes) -> bytes:
+    return save(Image.fromarray(color_u8()), "JPEG", quality=90, exif=exif)
+
+
+@functools.cache
+def _hostile() -> tuple[tuple[str, bytes, str | None], ...]:
+    rgb = color_u8()
+    big_exif = Image.Exif()
+    big_exif[0x010E] = "x" * 60_000  # ImageDescription: near the 64 KiB APP1 limit
+    odd_exif = Image.Exif()
+    odd_exif[0x0112] = 9  # an Orientation value that does not exist
+    float_tiff = save(Image.fromarray(np.linspace(0, 1, W * H, dtype=np.float32).reshape(H, W), mode="F"), "TIFF")
+    entries: list[tuple[str, bytes, str | None]] = [
+        ("tiny_1x1.png", save(Image.fromarray(rgb[:1, :1]), "PNG"), None),
+        ("long_20000x2.png", save(Image.fromarray(np.tile(rgb[:2, :1], (1, 20000, 1))), "PNG"), None),
+        ("huge_exif.jpg", _exif_jpeg(big_exif.tobytes()), None),
+        ("odd_exif_orientation.jpg", _exif_jpeg(odd_exif.tobytes()), None),
+        ("garbage_exif.jpg", _exif_jpeg(b"Exif\x00\x00" + b"\xde\xad\xbe\xef" * 64), None),
+        ("rgb.jp2", save(Image.fromarray(rgb), "JPEG2000"), None),
+        ("rgb.ppm", save(Image.fromarray(rgb), "PPM"), None),
+        ("eps.jpg", EPS, "Ghostscript"),
+        ("dos_eps.eps", b"\xc5\xd0\xd3\xc6" + struct.pack("<6I", 30, len(EPS), 0, 0, 0, 0) + b"\xff\xff" + EPS,
+         "Ghostscript"),
+        ("svg.jpg", SVG, "SVG"),
+        ("bare_svg.svg", b'<svg xmlns="http://www.w3.org/2000/svg"><circle r="4"/></svg>', "SVG"),
+        ("pdf_named.jpg", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n", "PDF"),
+        ("html_named.jpg", b"<html><head><title>Access denied</title></head></html>", "HTML"),
+        ("text_named.png", b"image not scanned yet\n", "text file"),
+        ("zero_bytes.png", b"", "empty file"),
+        ("bad_crc.png", _bad_crc_png(), "truncated"),
+        ("jpeg_magic_then_noise.jpg", b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, "JPEG"),
+        ("jpeg_bomb.jpg", _jpeg_with_size(65_000, 65_000), "too large"),
+        ("gif_bomb.gif", _gif_with_size(65_535, 65_535), "too large"),
+        ("png_bomb.png", png_header_only(200_000, 200_000), "too large"),
+        ("tiff_float.tiff", float_tiff, "floating-point"),
+        ("photoshop.psd", b"8BPS\x00\x01" + bytes(40), "PSD"),
+        ("icon.ico", b"\x00\x00\x01\x00\x01\x00" + bytes(40), "ICO"),
+    ]
+    return tuple(entries)
+
+
+def hostile_corpus() -> dict[str, tuple[bytes, str | None]]:
+    """name -> (file bytes, None if it decodes, else a fragment of its reason). A fresh dict per call."""
+    return {name: (data, reason) for name, data, reason in _hostile()}

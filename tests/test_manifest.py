@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from colorize_core import manifest
-from colorize_core.manifest import MAX_ID_LENGTH, MAX_REPORTED, ManifestError, id_problem
+from colorize_core.manifest import MAX_COMPONENT_BYTES, MAX_REPORTED, ManifestError, id_problem
 from colorize_core.storage import StorageOptions
 
 OPTIONS = StorageOptions()
@@ -34,7 +34,7 @@ def rows(ids, uris=None) -> pa.Table:
 
 
 @pytest.mark.parametrize("image_id", ["a", "dir/sub/x.tif", "café/日本語 scan.tif", "a.b-c_d", "..a/b..",
-                                      "x" * MAX_ID_LENGTH])
+                                      "/".join(["x" * 200] * 4), "x" * 250, "é" * 125])
 def test_id_problem_accepts_safe_ids(image_id):
     assert id_problem(image_id) is None
 
@@ -59,7 +59,9 @@ def test_id_problem_accepts_safe_ids(image_id):
     ("a/", "empty"),
     ("./a", "'.'"),
     ("a/./b", "'.'"),
-    ("x" * (MAX_ID_LENGTH + 1), "longer"),
+    ("/".join(["x" * 200] * 5), "longer than 900 bytes"),
+    ("x" * 251, "path component longer"),
+    ("a/" + "é" * 126, "path component longer"),
 ])
 def test_id_problem_rejects_unsafe_ids(image_id, fragment):
     reason = id_problem(image_id)
@@ -290,3 +292,45 @@ def test_read_shard_of_a_limited_plan_and_column_subset(tmp_path):
     part = manifest.read_shard(shards[-1], OPTIONS, ("image_id",))
     assert part.column_names == ["image_id"]
     assert part.column("image_id").to_pylist() == ids[10:15]
+
+
+# ---------------------------------------------------------------------------------------------- output keys
+
+
+@pytest.mark.parametrize("ids", [["x", "x.jpg/y"], ["x.jpg/y", "x"], ["a/b", "a/b.png/c/d"], ["a/b.webp/c", "a/b"]])
+def test_ids_that_need_a_file_and_a_folder_at_one_path_are_refused_in_any_order(tmp_path, ids):
+    path = tmp_path / "m.parquet"
+    pq.write_table(rows(["keep", *ids], ["u"] * (len(ids) + 1)), path)
+    with pytest.raises(ManifestError, match="needs a folder where image_id") as info:
+        manifest.validate(str(path), OPTIONS)
+    text = str(info.value)
+    assert "1 bad row" in text and all(repr(i) in text for i in ids)
+
+
+def test_collision_check_follows_the_output_format(tmp_path):
+    path = tmp_path / "m.parquet"
+    pq.write_table(rows(["x", "x.png/y"], ["u", "u"]), path)
+    manifest.validate(str(path), OPTIONS, output_format="jpeg")  # images/x.jpg and images/x.png/y.jpg: no clash
+    with pytest.raises(ManifestError, match="needs a folder"):
+        manifest.validate(str(path), OPTIONS, output_format="png")
+
+
+def test_ids_whose_s3_key_would_pass_1024_bytes_are_refused_up_front(tmp_path):
+    path = tmp_path / "m.parquet"
+    long_id = "/".join(["d" * 200] * 4) + "/" + "f" * 50  # 854 bytes: fine alone
+    pq.write_table(rows(["short", long_id], ["u", "u"]), path)
+    manifest.validate(str(path), OPTIONS, output="s3://bucket/out")
+    with pytest.raises(ManifestError, match="exceed S3's 1024 bytes") as info:
+        manifest.validate(str(path), OPTIONS, output="s3://bucket/" + "p" * 200)
+    assert "row 1" in str(info.value) and "row 0" not in str(info.value)
+
+
+def test_longest_accepted_id_is_written_locally(tmp_path):
+    """The longest id validation accepts fits the local file system, temp file included."""
+    from colorize_core import storage
+
+    longest = "/".join(["d" * MAX_COMPONENT_BYTES] * 3)
+    assert id_problem(longest) is None
+    key = storage.join(str(tmp_path), "images", longest + ".webp")
+    storage.write_bytes(key, b"ok")
+    assert storage.read_bytes(key) == b"ok"

@@ -189,7 +189,8 @@ def test_repr_and_redacted_hide_credentials():
     for text in (repr(opts), str(opts), f"{opts}", str(opts.redacted())):
         assert "AKIDSECRETKEY" not in text and "verysecret" not in text and "sessiontokenvalue" not in text
     assert opts.redacted() == {"endpoint_url": "http://h:1", "region": "r", "key": "***", "secret": "***",
-                               "token": "***", "anon": False}
+                               "token": "***", "request_attempts": 5, "retry_seconds": 60.0,
+                               "anon": False}
     assert StorageOptions().redacted()["secret"] is None
     assert "http://h:1" in repr(opts)
 

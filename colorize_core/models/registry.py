@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..errors import UnknownNameError
 from .weights import WeightsError, WeightsSpec, load_into, load_state_dict
 
 
@@ -55,8 +56,8 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}, "
-                       f"or pass a checkpoint directory URI") from None
+        raise UnknownNameError(f"unknown model {name!r}: use one of {', '.join(sorted(_REGISTRY))} "
+                               f"(see `colorize models`), or a checkpoint directory URI") from None
 
 
 def create_model(name: str, weights: str | None = None, *, storage_options=None, **kwargs) -> nn.Module:
@@ -119,10 +120,12 @@ def load_model(model: str, weights: str | None = None, *, storage_options=None,
     entry = get_entry(model)
     weights = weights if weights is not None else entry.default_weights
     if weights is None and not allow_random:
-        raise WeightsError(
-            f"model {model!r} has no weights: pass --weights official (download the released file), "
-            f"--weights PATH|s3://...|https://..., or use a trained checkpoint directory as --model"
-        )
+        if "official" in entry.weights:
+            raise WeightsError(f"model {model!r} has no weights: pass --weights official (download the released "
+                               f"file) or --weights PATH|s3://...|https://...")
+        # Nothing was released for it: it must be trained first.
+        raise WeightsError(f"model {model!r} has no released weights: train one (python -m jobs.train --model "
+                           f"{model} ...) and pass its checkpoint directory as --model, or pass --weights PATH")
     module = create_model(model, weights, storage_options=storage_options, **kwargs)
     info = ModelInfo(
         name=model,

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,14 +66,17 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _download(url: str, expected_sha256: str | None) -> Path:
-    dest = hub_cache_dir() / url.rsplit("/", 1)[-1]
+    from colorize_core.storage import redact_uri
+
+    # Named from the URL's path: a presigned URL's query string (its signature) never becomes a file name.
+    dest = hub_cache_dir() / urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             torch.hub.download_url_to_file(url, str(dest), hash_prefix=None, progress=True)
         except Exception as exc:  # network errors come in many types
             raise WeightsError(
-                f"could not download weights from {url}: {exc}. On a machine without internet access, "
+                f"could not download weights from {redact_uri(url)}: {exc}. On a machine without internet access, "
                 f"download the file elsewhere and pass its local path or s3:// URI with --weights."
             ) from exc
     if expected_sha256:
@@ -95,7 +99,7 @@ def load_state_dict(source: str, *, spec: WeightsSpec | None = None, storage_opt
         path = _download(spec.uri, spec.sha256)
         return _torch_load(path, str(path))
     if source.startswith(("https://", "http://")):
-        m = _HUB_HASH.search(source.rsplit("/", 1)[-1])
+        m = _HUB_HASH.search(urllib.parse.urlsplit(source).path.rsplit("/", 1)[-1])
         expected = spec.sha256 if spec is not None and spec.uri == source else (m.group(1) if m else None)
         path = _download(source, expected)
         return _torch_load(path, str(path))
