@@ -277,7 +277,9 @@ def test_worker_node_removed_mid_run(tmp_path):
     res = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_job_env(), capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    result = json.loads(res.stdout.strip().splitlines()[-1])
+    lines = [line for line in res.stdout.splitlines() if line.startswith('{"removed_mid_run"')]
+    assert lines, res.stdout[-3000:] + res.stderr[-3000:]
+    result = json.loads(lines[-1])
     assert result["removed_mid_run"], result
     assert len(result["runs"]) <= 2
     _assert_every_row_once_and_ok(str(out), rows)
