@@ -20,7 +20,7 @@ import torch
 
 from . import color, imageio, metrics
 from .models.checkpoint import is_checkpoint_uri
-from .stages import compose, resize_to_l, to_uint8
+from .stages import compose, to_uint8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
 
@@ -41,7 +41,7 @@ class Colorizer:
         out = []
         for s in range(0, len(images), self.batch_size):
             chunk = images[s: s + self.batch_size]
-            l = np.stack([resize_to_l(im.rgb, self.info.input_size) for im in chunk])[:, None]
+            l = np.stack([self.info.preprocessing.model_l(im.rgb) for im in chunk])[:, None]
             ab = self.module(torch.from_numpy(l)).float().numpy()
             out += [compose(color.srgb_to_l(im.rgb), a, self.saturation) for im, a in zip(chunk, ab)]
         return out

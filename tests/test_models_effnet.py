@@ -119,3 +119,36 @@ def test_effnet_unet_save_load_identical_with_trained_preprocessing(tmp_path):
         assert torch.equal(model(l), loaded(l))
     _, info = load_model(uri)
     assert info.preprocessing == pre and info.input_size == (160, 160)
+
+
+def test_preprocessing_round_trips_and_feeds_cli_and_validation_alike():
+    from colorize_core import color, training
+    from colorize_core.models import WeightsSpec
+
+    pre = Preprocessing((48, 64), resize="lanczos")
+    assert Preprocessing.from_dict(pre.to_dict()) == pre
+    assert pickle.loads(pickle.dumps(pre)) == pre
+    with pytest.raises(ValueError, match="resize"):
+        Preprocessing((8, 8), resize="area")
+    with pytest.raises(ValueError, match="unknown"):
+        Preprocessing.from_dict({"input_size": [8, 8], "crop": True})
+    rng = np.random.default_rng(0)
+    rgb8 = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    l = pre.model_l(rgb8)
+    assert l.shape == (48, 64) and l.dtype == np.float32 and 0 <= l.min() and l.max() <= 100
+    # 16-bit input resized in float precision gives (nearly) the same L as its 8-bit rounding.
+    l16 = pre.model_l(rgb8.astype(np.uint16) * 257)
+    assert np.abs(l16 - l).mean() < 0.1 and np.abs(l16 - l).max() < 2.0  # 8-bit rounding after resizing
+    spec = WeightsSpec(uri="x", sha256="", num_bytes=None, input_size=(48, 64), resize="lanczos")
+    assert spec.preprocessing == pre
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            self.seen = x
+            return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+
+    spy = Spy()
+    spy.dummy = torch.nn.Parameter(torch.zeros(1))
+    out = training.colorize_rgb(spy, rgb8, pre)
+    assert out.shape == rgb8.shape and np.array_equal(spy.seen[0, 0].numpy(), l)
+    assert np.abs(color.srgb_to_l(out) - color.srgb_to_l(rgb8)).max() < 1.0
