@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
-        sp.add_argument("--model", default="compact", help="registry name(s) or checkpoint URI (default: compact)")
+        sp.add_argument("--model", default="effnet_unet", help="registry name(s) or checkpoint URI (default: effnet_unet)")
         sp.add_argument("--weights", help="'official', path, https:// or s3:// URI; with several models "
                         "'official' (for those that have it) or name=URI,name=URI")
         sp.add_argument("--temperature", type=float, help="ECCV16 annealed-mean temperature")

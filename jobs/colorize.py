@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (flags given here override it)")
     p.add_argument("--manifest", help="Parquet manifest file or prefix, local or s3:// (default: bundled samples)")
     p.add_argument("--output", help="output prefix, local or s3:// (default: ./out/colorize)")
-    p.add_argument("--model", help="registry name or checkpoint directory URI (default: compact)")
+    p.add_argument("--model", help="registry name or checkpoint directory URI (default: effnet_unet)")
     p.add_argument("--weights", help="'official', local path, https:// or s3:// URI")
     p.add_argument("--temperature", type=float, help="ECCV16 annealed-mean temperature")
     p.add_argument("--output-format", dest="output_format", choices=["jpeg", "jpg", "png", "webp"])

@@ -152,3 +152,50 @@ def test_preprocessing_round_trips_and_feeds_cli_and_validation_alike():
     out = training.colorize_rgb(spy, rgb8, pre)
     assert out.shape == rgb8.shape and np.array_equal(spy.seen[0, 0].numpy(), l)
     assert np.abs(color.srgb_to_l(out) - color.srgb_to_l(rgb8)).max() < 1.0
+
+
+# --------------------------------------------------------------------------- the bundled default model
+
+
+def test_bundled_effnet_unet_is_the_default_and_loads_offline_with_verified_sha256(monkeypatch):
+    from colorize_core.config import ColorizeConfig
+    from colorize_core.models import weights as weights_mod
+    from colorize_core.models.checkpoint import checkpoint_preprocessing
+    from colorize_core.models.zoo import EFFNET_UNET_DIR
+
+    entry = get_entry("effnet_unet")
+    if "bundled" not in entry.weights:
+        pytest.fail("the effnet_unet entry has no bundled weights (colorize_core/assets/effnet_unet/)")
+    spec = entry.weights["bundled"]
+    path = Path(spec.uri)
+    assert path.is_file() and path.parent == EFFNET_UNET_DIR and path.stat().st_size == spec.num_bytes
+    assert path.stat().st_size <= 25 * 2 ** 20
+    assert weights_mod.sha256_file(path) == spec.sha256 and len(spec.sha256) == 64
+    assert entry.default_weights == "bundled"
+    meta = read_checkpoint_meta(str(EFFNET_UNET_DIR))
+    assert meta["architecture"] == "effnet_unet" and spec.preprocessing == checkpoint_preprocessing(meta)
+    assert {"trained_on", "psnr", "gray_psnr"} <= set(spec.meta)
+    assert ColorizeConfig.model_fields["model"].default == "effnet_unet"
+    calls = []
+    real = weights_mod.sha256_file
+    monkeypatch.setattr(weights_mod, "sha256_file", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(weights_mod, "_download", lambda *a: pytest.fail("must not download"))
+    model, info = load_model("effnet_unet")
+    assert calls and info.weights == "bundled" and not model.training
+    assert info.preprocessing == spec.preprocessing
+
+
+def test_bundled_effnet_unet_beats_gray_on_a_held_out_photo():
+    """chelsea is held out by scripts/get_training_data.py (never trained on)."""
+    from skimage import data
+
+    from colorize_core import metrics
+    from colorize_core.training import colorize_rgb, gray_rgb
+
+    model, info = load_model("effnet_unet")
+    rgb = data.chelsea()
+    pred = colorize_rgb(model, rgb, info.preprocessing)
+    gray = gray_rgb(rgb)
+    assert pred.shape == rgb.shape and pred.dtype == np.uint8
+    assert metrics.psnr(pred, rgb) > metrics.psnr(gray, rgb) + 2
+    assert metrics.colorfulness(pred) > metrics.colorfulness(gray) + 10

@@ -149,8 +149,8 @@ VGG_AUTOENCODER = register_model(
 # Its preprocessing (the size it was trained at) and held-out scores are read from the checkpoint's own
 # model.json, so they are written down once; the weights' digest is pinned here and checked on every load.
 EFFNET_UNET_DIR = Path(__file__).resolve().parent.parent / "assets" / "effnet_unet"
-EFFNET_UNET_SHA256 = ""
-EFFNET_UNET_NUM_BYTES = 0
+EFFNET_UNET_SHA256 = "73dc0e830449c4e6f296f671c61c9e65fa94bd6a120e4cd8553e944cba4df193"
+EFFNET_UNET_NUM_BYTES = 14_129_407
 
 
 def _bundled_effnet_unet() -> dict[str, WeightsSpec]:
