@@ -21,7 +21,7 @@ import torch
 from . import color, imageio, metrics, storage
 from .errors import UserError
 from .models.checkpoint import is_checkpoint_uri
-from .stages import compose, resize_to_l, to_uint8
+from .stages import compose, to_uint8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
 
@@ -42,7 +42,7 @@ class Colorizer:
         out = []
         for s in range(0, len(images), self.batch_size):
             chunk = images[s: s + self.batch_size]
-            l = np.stack([resize_to_l(im.rgb, self.info.input_size) for im in chunk])[:, None]
+            l = np.stack([self.info.preprocessing.model_l(im.rgb) for im in chunk])[:, None]
             ab = self.module(torch.from_numpy(l)).float().numpy()
             out += [compose(color.srgb_to_l(im.rgb), a, self.saturation) for im, a in zip(chunk, ab)]
         return out
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
-        sp.add_argument("--model", default="compact", help="registry name(s) or checkpoint URI (default: compact)")
+        sp.add_argument("--model", default="effnet_unet", help="registry name(s) or checkpoint URI (default: effnet_unet)")
         sp.add_argument("--weights", help="'official', path, https:// or s3:// URI; with several models "
                         "'official' (for those that have it) or name=URI,name=URI")
         sp.add_argument("--temperature", type=float, help="ECCV16 annealed-mean temperature")

@@ -133,7 +133,8 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
         stages = (
             ExpandShards(options, columns),
             DecodeStage(options, cfg.output, cfg.output_format, model_info.input_size,
-                        model_info.accepts_hints, cfg.hint_radius, cfg.max_pixels, check_existing=resumed),
+                        model_info.accepts_hints, cfg.hint_radius, cfg.max_pixels, check_existing=resumed,
+                        resize=model_info.preprocessing.resize),
             InferenceStage(cfg.model, cfg.weights, model_kwargs, options, res.device, cfg.inference.precision,
                            cfg.inference.max_precision_error, cfg.inference.channels_last, res.threads,
                            cfg.inference.batch_size),

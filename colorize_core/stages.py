@@ -36,6 +36,7 @@ from PIL import Image, ImageOps
 
 from . import color, errors, imageio, metrics, storage
 from .manifest import Shard, read_shard
+from .models.preprocess import Preprocessing
 from .schema import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -84,15 +85,11 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                      for c in range(3)], axis=-1).clip(0, 1)
 
 
-def resize_to_l(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """L of the image resized (bicubic) to ``size`` = (H, W), as the released models were fed."""
-    return color.srgb_to_l(resize_rgb(rgb, size)).astype(np.float32)
-
-
-def model_input_l(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """THE model input: float32 [h, w] L of the image resized to the model's input size. Every path that
-    feeds a model goes through here (``rgb`` may be a reduced decode, see :func:`decode_reduced`)."""
-    return resize_to_l(rgb, size)
+def model_input_l(rgb: np.ndarray, size: tuple[int, int], resize: str = "bicubic") -> np.ndarray:
+    """THE model input: float32 [h, w] L of the image brought to the model's input size as its weights
+    entry's :class:`~colorize_core.models.preprocess.Preprocessing` says (the one definition the CLI and
+    training validation use too). ``rgb`` may be a reduced decode, see :func:`decode_reduced`."""
+    return Preprocessing(tuple(size), resize).model_l(rgb)
 
 
 # A JPEG is decoded for the model at a DCT scale (1/2, 1/4, 1/8) that keeps at least this many times the
@@ -107,7 +104,7 @@ def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple
     a fraction of a full decode. Anything else, and any JPEG the fast path does not take, goes through
     :func:`imageio.decode_image` at full size with its guards and its reasons for bad files."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
             if im.format == "JPEG" and im.mode in ("L", "RGB") and im.width * im.height <= max_pixels:
                 side = DRAFT_OVERSAMPLE * max(size)
                 try:
@@ -228,6 +225,7 @@ class DecodeStage:
     check_existing: bool = False
     sizes: tuple[tuple[int, int], ...] = ()
     protocol: str = "full"
+    resize: str = "bicubic"  # the weights entry's Preprocessing.resize
 
     def setup(self) -> None:
         pass
@@ -278,9 +276,9 @@ class DecodeStage:
                 if self.check_existing and self._reusable(image_id, geometry):
                     reuse[i] = True
                 else:
-                    l_model[i, 0] = model_input_l(rgb, self.input_size)
+                    l_model[i, 0] = model_input_l(rgb, self.input_size, self.resize)
                     for name, column in extra.items():
-                        column[i, 0] = model_input_l(rgb, column.shape[-2:])
+                        column[i, 0] = model_input_l(rgb, column.shape[-2:], self.resize)
                     if self.accepts_hints and "hints" in batch:
                         hint_ab[i], hint_mask[i] = paint_hints(batch["hints"][i], self.input_size, self.hint_radius)
                 status.append("ok")

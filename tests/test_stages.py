@@ -16,7 +16,7 @@ from colorize_core.stages import (
     compose,
     output_key,
     paint_hints,
-    resize_to_l,
+    model_input_l,
     short_error,
 )
 from tests import jobkit
@@ -53,12 +53,12 @@ def test_compose_keeps_geometry_and_original_l():
     assert metrics.colorfulness(compose(l_full, ab, saturation=2.0)) > metrics.colorfulness(out)
 
 
-def test_resize_to_l_matches_lab_of_resized_image_and_16_bit():
+def test_model_input_l_matches_lab_of_resized_image_and_16_bit():
     rgb = jobkit.decode_bytes(jobkit.colour_images(1, size=(120, 90))[0])
-    l = resize_to_l(rgb, (32, 48))
+    l = model_input_l(rgb, (32, 48))
     assert l.shape == (32, 48) and l.dtype == np.float32 and 0 <= l.min() and l.max() <= 100
     rgb16 = rgb.astype(np.uint16) * 257
-    np.testing.assert_allclose(resize_to_l(rgb16, (32, 48)), l, atol=0.6)
+    np.testing.assert_allclose(model_input_l(rgb16, (32, 48)), l, atol=0.6)
 
 
 def test_paint_hints_and_bad_hints():

@@ -23,11 +23,12 @@ CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/train-*.yaml"
 
 def test_every_train_config_loads():
     names = {p.stem.removeprefix("train-") for p in CONFIGS}
-    assert {"unet", "pix2pix", "vgg_autoencoder", "compact"} <= names
+    assert {"unet", "pix2pix", "vgg_autoencoder", "compact", "effnet_unet"} <= names
+    expected_loss = {"pix2pix": "gan", "effnet_unet": "l1_rebalanced"}
     for path in CONFIGS:
         cfg = TrainConfig.model_validate(load_yaml(path))
         assert cfg.architecture == path.stem.removeprefix("train-")
-        assert cfg.resolved_loss() == ("gan" if cfg.architecture == "pix2pix" else "l1")
+        assert cfg.resolved_loss() == expected_loss.get(cfg.architecture, "l1")
         assert pickle.loads(pickle.dumps(cfg)) == cfg
 
 
@@ -73,6 +74,8 @@ def test_two_worker_training_resumes_from_the_saved_step(ray_cluster, tmp_path):
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     model, info = load_model(str(out / step_dir(4)))
     assert info.name == "unet" and info.num_params == sum(p.numel() for p in model.parameters())
+    # The size it was trained at (crop_size), not the registry's 256: inference feeds it as trained.
+    assert meta["preprocessing"]["input_size"] == [32, 32] and info.input_size == (32, 32)
 
     # Budget already met: a third run trains nothing and leaves the checkpoints alone.
     assert main(["--config", str(config), "--set", "max_steps=4"]) == 0

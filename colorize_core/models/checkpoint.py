@@ -1,8 +1,10 @@
 """Self-describing checkpoints: ``weights.pt`` (a plain state dict) beside ``model.json``.
 
-``model.json`` names the registry architecture and the arguments it was built with, the input size,
-the preprocessing and whatever the training job records (data manifest, step, metrics), so the
-colorize and evaluate jobs rebuild the model from the URI alone, local or ``s3://``.
+``model.json`` names the registry architecture and the arguments it was built with, the preprocessing
+(:class:`~colorize_core.models.preprocess.Preprocessing`: the input size the weights were trained at and
+how images are brought to it; ``input_size`` repeats its size for readers of older checkpoints) and
+whatever the training job records (data manifest, step, metrics), so the colorize and evaluate jobs
+rebuild the model from the URI alone, local or ``s3://``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .preprocess import Preprocessing
 from .weights import WeightsError, _torch_load, load_into
 
 FORMAT = "colorize-checkpoint/1"
@@ -27,9 +30,18 @@ def is_checkpoint_uri(spec: str) -> bool:
 
 
 def save_checkpoint(uri: str, module: nn.Module, *, architecture: str, arguments: dict[str, Any],
-                    input_size: tuple[int, int], storage_options=None, **meta: Any) -> str:
+                    input_size: tuple[int, int] | None = None, preprocessing: Preprocessing | None = None,
+                    storage_options=None, **meta: Any) -> str:
+    """Write ``weights.pt`` then ``model.json``. Give ``preprocessing`` (or just ``input_size``, for the
+    default resize): the size the weights were trained at, which is what inference must use."""
     from colorize_core import storage
 
+    if preprocessing is None:
+        if input_size is None:
+            raise ValueError("save_checkpoint needs preprocessing= (or input_size=)")
+        preprocessing = Preprocessing(tuple(input_size))
+    elif input_size is not None and tuple(input_size) != preprocessing.input_size:
+        raise ValueError(f"input_size {tuple(input_size)} contradicts preprocessing {preprocessing}")
     options = storage_options or storage.StorageOptions.from_env()
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
@@ -37,9 +49,8 @@ def save_checkpoint(uri: str, module: nn.Module, *, architecture: str, arguments
         "format": FORMAT,
         "architecture": architecture,
         "arguments": arguments,
-        "input_size": list(input_size),
-        "preprocessing": {"input": "CIE Lab L in [0, 100], resized bicubic to input_size",
-                          "output": "ab in Lab units, upsampled bilinear to full resolution"},
+        "input_size": list(preprocessing.input_size),
+        "preprocessing": preprocessing.to_dict(),
         **meta,
     }
     # Weights first, description last: a model.json only exists beside complete weights.
@@ -59,6 +70,15 @@ def read_checkpoint_meta(uri: str, storage_options=None) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{uri}/{META_FILE}: unknown checkpoint format {meta.get('format')!r}")
     return meta
+
+
+def checkpoint_preprocessing(meta: dict[str, Any]) -> Preprocessing:
+    """The preprocessing a checkpoint's ``model.json`` records; checkpoints written before it was a
+    structured value (a descriptive string) get the default resize at their ``input_size``."""
+    pre = meta.get("preprocessing")
+    if isinstance(pre, dict) and "input_size" in pre:
+        return Preprocessing.from_dict(pre)
+    return Preprocessing(tuple(meta["input_size"]))
 
 
 def load_checkpoint(uri: str, storage_options=None) -> tuple[nn.Module, dict[str, Any]]:

