@@ -87,12 +87,7 @@ def load_config(cls, args: argparse.Namespace, flags: dict[str, Any], defaults: 
     """``cls`` from the YAML file of ``--config`` (if any), overridden by flags that were given."""
     from .config import build, load_yaml, merge
 
-    try:
-        base = load_yaml(args.config) if getattr(args, "config", None) else {}
-    except FileNotFoundError:
-        raise UserError(f"--config {args.config}: no such file") from None
-    except Exception as exc:  # YAML syntax
-        raise UserError(f"--config {args.config}: {str(exc).splitlines()[0]}") from None
+    base = load_yaml(args.config) if getattr(args, "config", None) else {}  # its mistakes are UserErrors
     data = merge(base, flags)
     for key, value in (defaults or {}).items():
         if not data.get(key):

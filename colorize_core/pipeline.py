@@ -32,7 +32,7 @@ import pyarrow as pa
 from . import launch, runstate, storage
 from . import manifest as manifest_mod
 from .config import ColorizeConfig
-from .errors import OK, TRANSIENT, UserError
+from .errors import OK, TRANSIENT
 from .launch import EXIT_OK, EXIT_TOO_MANY_ERRORS, Progress, Unfinished
 
 
@@ -70,12 +70,12 @@ def samples_manifest(output: str) -> str:
 
 
 def check_model_name(model: str) -> None:
-    from .models import list_models
+    """Fail before any work on a model that is neither registered nor a checkpoint URI (one line)."""
+    from .models import get_entry
     from .models.checkpoint import is_checkpoint_uri
 
-    if not is_checkpoint_uri(model) and model not in list_models():
-        raise UserError(f"unknown model {model!r}: use one of {', '.join(list_models())} "
-                        f"(`colorize models` lists them) or a checkpoint directory URI")
+    if not is_checkpoint_uri(model):
+        get_entry(model)  # UnknownNameError names the registered models
 
 
 def run_identity(cfg: ColorizeConfig, model_info) -> dict[str, Any]:

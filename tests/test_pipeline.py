@@ -60,7 +60,7 @@ def test_reference_uri_on_one_row_of_sixteen_at_five_row_shards(ray_cluster, tmp
     model = jobkit.tiny_checkpoint(str(tmp_path / "ckpt"))
     cfg = ColorizeConfig(manifest=manifest, output=str(tmp_path / "out"), model=model, shard_rows=5)
     summary = job.run(cfg, progress=False)
-    assert summary["counts"] == {"total": 16, "ok": 15, "error": 1, "skipped": 0}
+    assert summary["counts"] == {"total": 16, "ok": 15, "error": 1, "transient": 0, "skipped": 0}
     by_id = {r["image_id"]: r for r in jobkit.read_metrics(cfg.output).to_pylist()}
     assert by_id["i07"]["metrics_against"] == "reference_uri"
     assert by_id["i12"]["status"] == "error" and "missing" in by_id["i12"]["error"]

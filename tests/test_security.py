@@ -4,7 +4,6 @@ user mistakes end as one line. (Ghostscript and hostile images: tests/test_hosti
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from colorize_core import storage
-from colorize_core.errors import UserError
+from colorize_core.config import ColorizeConfig
 from colorize_core.models import WeightsError, load_model
 from colorize_core.models.checkpoint import WEIGHTS_FILE
 from tests import jobkit
@@ -113,7 +112,7 @@ def test_signed_weights_url_never_reaches_outputs_or_logs(ray_cluster, tmp_path,
     signed = ("https://weights.example.invalid/w.pt?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIASECRET42"
               "&X-Amz-Signature=0123456789abcdef&X-Amz-Security-Token=SESSIONTOKEN42")
     cfg_dict = {"manifest": "samples", "output": str(tmp_path / "out"), "model": "compact", "weights": signed}
-    cfg = job.ColorizeConfig(**cfg_dict)
+    cfg = ColorizeConfig(**cfg_dict)
     red = cfg.resolved()["weights"]
     assert "AKIASECRET42" not in red and "0123456789abcdef" not in red and "SESSIONTOKEN42" not in red
     assert red.startswith("https://weights.example.invalid/w.pt?")

@@ -267,7 +267,9 @@ def _sockets(pid: int) -> list[tuple[str, ipaddress._BaseAddress, int, ipaddress
 @pytest.mark.integration
 def test_s3_server_is_bound_to_loopback_only(s3_server):
     assert s3_server.endpoint_url.startswith("http://127.0.0.1:")
-    socks = _sockets(s3_server.pid)
+    # The current server process: fault tests may have killed and restarted it on the same ports.
+    pid = s3_server.control.proc.pid if getattr(s3_server, "control", None) else s3_server.pid
+    socks = _sockets(pid)
     listening = [(ip, port) for state, ip, port, _ in socks if state == "LISTEN"]
     assert (ipaddress.IPv4Address("127.0.0.1"), s3_server.port) in listening
     if s3_server.kind == "seaweedfs":  # moto shares this process with whatever else the test run opened

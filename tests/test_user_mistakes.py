@@ -30,7 +30,7 @@ def images(tmp_path):
 
 @pytest.mark.parametrize("argv, expected", [
     (["image", "{in}/a.jpg", "-o", "{tmp}/o.jpg", "--model", "nosuch"],
-     "error: unknown model 'nosuch': use one of compact, eccv16, pix2pix, siggraph17, unet, vgg_autoencoder "
+     "error: unknown model 'nosuch': use one of compact, eccv16, effnet_unet, pix2pix, siggraph17, unet, vgg_autoencoder "
      "(see `colorize models`), or a checkpoint directory URI"),
     (["folder", "{in}", "-o", "{tmp}/a_file"],
      "error: -o {tmp}/a_file is a file: `colorize folder` writes one sub-folder per model there; give a folder "
@@ -50,7 +50,7 @@ def test_cli_mistakes(images, tmp_path, capsys, argv, expected):
 
 
 @pytest.mark.parametrize("argv, config, expected", [
-    (["--model", "nosuch"], None, "error: unknown model 'nosuch': use one of compact, eccv16, pix2pix, siggraph17, "
+    (["--model", "nosuch"], None, "error: unknown model 'nosuch': use one of compact, eccv16, effnet_unet, pix2pix, siggraph17, "
      "unet, vgg_autoencoder (see `colorize models`), or a checkpoint directory URI"),
     (["--model", "unet"], None, "error: model 'unet' has no released weights: train one (python -m jobs.train "
      "--model unet ...) and pass its checkpoint directory as --model, or pass --weights PATH"),
