@@ -340,7 +340,7 @@ def read_bytes(uri: str, options: StorageOptions | None = None, max_bytes: int =
     :class:`NotRegularFileError` without a byte being read (a FIFO with no writer would block forever)."""
     fs, path = filesystem(uri, options)
     if not is_s3(uri):
-        return _read_local(path, max_bytes)
+        return call_with_timeout(lambda: _read_local(path, max_bytes), LOCAL_READ_TIMEOUT_S, f"local read of {path}")
 
     def read() -> bytes:
         data = fs.cat_file(path)
@@ -349,6 +349,33 @@ def read_bytes(uri: str, options: StorageOptions | None = None, max_bytes: int =
         return data
 
     return retrying("read", uri, options, read)
+
+
+# A local path may sit on a network mount (NFS, SMB, FUSE) whose server stops answering; a read then blocks in
+# the kernel, uninterruptibly. The read runs in a daemon thread and the row gives up after this long.
+LOCAL_READ_TIMEOUT_S = 120.0
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``fn()`` in a daemon thread; :class:`TransientError` if it has not returned after ``timeout`` seconds
+    (the thread is abandoned: a read blocked in the kernel cannot be cancelled). Its exceptions propagate."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="colorize-local-read", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TransientError(f"{what} did not finish within {timeout:.0f}s (a hung network mount?); "
+                             f"a rerun tries it again")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _read_local(path: str, max_bytes: int) -> bytes:

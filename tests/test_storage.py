@@ -6,6 +6,7 @@ import ipaddress
 import multiprocessing
 import os
 import pickle
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -308,3 +309,23 @@ def test_s3_puts_send_no_expect_100_continue(s3_server, s3_prefix):
     puts = [h for h in headers if "Content-Length" in h or "content-length" in {k.lower() for k in h}]
     assert puts, "no request was observed"
     assert all("expect" not in {k.lower() for k in h} for h in headers), headers
+
+
+def test_a_local_read_that_blocks_gives_up_as_transient():
+    """A read stuck in the kernel (a hung network mount) must not hang the row: here a real blocking read
+    on a pipe nobody writes to stands for it. It becomes a TransientError (the shard stays unfinished)."""
+    from colorize_core.errors import TransientError, is_transient
+
+    r, w = os.pipe()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TransientError, match="did not finish within") as info:
+            storage.call_with_timeout(lambda: os.read(r, 1), 0.5, "local read of /mnt/nfs/scan.tif")
+        assert 0.4 < time.monotonic() - t0 < 10
+        assert is_transient(info.value)
+    finally:
+        os.write(w, b"x")  # lets the abandoned thread finish
+        os.close(w)
+    assert storage.call_with_timeout(lambda: 42, 5, "x") == 42
+    with pytest.raises(FileNotFoundError):  # the function's own errors pass through unchanged
+        storage.call_with_timeout(lambda: storage.read_bytes("/nonexistent/x.jpg"), 5, "x")
