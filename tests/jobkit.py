@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -83,3 +88,22 @@ def decode_bytes(payload: bytes) -> np.ndarray:
     from colorize_core import imageio
 
     return imageio.decode_image(payload).rgb
+
+
+def kill_after_markers(cmd: list[str], env: dict[str, str], output: Path, markers: int = 2,
+                       timeout: float = 240) -> int:
+    """Start a job, SIGKILL its whole process group once ``markers`` shards are marked done, and return how
+    many markers there were after the kill (the kill must land mid-run to test resume)."""
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    done = Path(output) / "_state" / "completions"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if done.exists() and len(list(done.glob("*.done"))) >= markers:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job finished before it could be killed:\n" + proc.stdout.read().decode()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)  # let Ray reap the dead job's workers
+    return len(list(done.glob("*.done")))

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -178,19 +176,7 @@ def test_backfill_killed_mid_run_then_rerun_ends_exactly_once(ray_cluster, tmp_p
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "jobs.backfill", "--source", str(src), "--output", str(out), "--model", model,
            "--shard-rows", "2", "--batch-size", "2", "--quiet", "--ray-address", ray.get_runtime_context().gcs_address]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    markers = out / "_state" / "completions"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if markers.exists() and len(list(markers.glob("*.done"))) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "finished before it could be killed:\n" + proc.stdout.read().decode()[-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(3)
-    done_before = len(list(markers.glob("*.done")))
+    done_before = jobkit.kill_after_markers(cmd, _env(), out)
     assert done_before < n // 2
     assert not (out / "_state" / "ledger.parquet").exists(), "the ledger is committed only after the run"
     first = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.jpg")}

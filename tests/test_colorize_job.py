@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -204,19 +202,7 @@ def test_resume_after_driver_killed(ray_cluster, tmp_path):
     cmd = [sys.executable, "-m", "jobs.colorize", "--manifest", manifest, "--output", str(out), "--model", model,
            "--shard-rows", "2", "--batch-size", "2", "--quiet",
            "--ray-address", ray.get_runtime_context().gcs_address]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    markers = out / "_state" / "completions"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if markers.exists() and len(list(markers.glob("*.done"))) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the job finished before it could be killed:\n" + proc.stdout.read().decode()[-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(3)  # let Ray reap the dead job's workers
-    done_before = len(list(markers.glob("*.done")))
+    done_before = jobkit.kill_after_markers(cmd, _job_env(), out)
     assert done_before < n // 2, "the kill came too late to test resume"
     first = {p.name: p.stat().st_mtime_ns for p in (out / "images").glob("*.jpg")}
 
