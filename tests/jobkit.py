@@ -90,19 +90,29 @@ def decode_bytes(payload: bytes) -> np.ndarray:
     return imageio.decode_image(payload).rgb
 
 
+def start_job(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """A job in its own process group (so a test can SIGKILL it whole), run from the repository root."""
+    return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_markers(proc: subprocess.Popen, markers: Path, at_least: int, timeout: float = 240) -> None:
+    """Return once ``at_least`` shards are marked done; the job must still be running (a fault lands mid-run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if markers.exists() and len(list(markers.glob("*.done"))) >= at_least:
+            return
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job ended before the fault:\n" + proc.stdout.read().decode()[-3000:]
+
+
 def kill_after_markers(cmd: list[str], env: dict[str, str], output: Path, markers: int = 2,
                        timeout: float = 240) -> int:
     """Start a job, SIGKILL its whole process group once ``markers`` shards are marked done, and return how
     many markers there were after the kill (the kill must land mid-run to test resume)."""
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_job(cmd, env)
     done = Path(output) / "_state" / "completions"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if done.exists() and len(list(done.glob("*.done"))) >= markers:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the job finished before it could be killed:\n" + proc.stdout.read().decode()[-3000:]
+    wait_for_markers(proc, done, markers, timeout)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(3)  # let Ray reap the dead job's workers

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -120,20 +119,6 @@ def _job_env(s3_server=None) -> dict[str, str]:
     return env
 
 
-def _start_job(cmd, env) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def _wait_for_markers(proc: subprocess.Popen, markers: Path, at_least: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if markers.exists() and len(list(markers.glob("*.done"))) >= at_least:
-            return
-        time.sleep(0.05)
-    assert proc.poll() is None, "the job ended before the fault:\n" + proc.stdout.read().decode()[-3000:]
-
-
 def _finish_with_at_most_one_rerun(proc: subprocess.Popen, cmd, env) -> list[int]:
     out, _ = proc.communicate(timeout=600)
     codes = [proc.returncode]
@@ -158,9 +143,9 @@ def test_s3_server_killed_and_restarted_mid_run(ray_cluster, s3_server, s3_prefi
            "--shard-rows", "2", "--batch-size", "2", "--quiet", "--ray-address",
            ray.get_runtime_context().gcs_address]
     env = _job_env(s3_server)
-    proc = _start_job(cmd, env)
+    proc = jobkit.start_job(cmd, env)
     try:
-        _wait_for_markers(proc, out / "_state" / "completions", 1)
+        jobkit.wait_for_markers(proc, out / "_state" / "completions", 1)
         s3_server.control.kill()
         time.sleep(5)  # reads fail (connection refused) and are retried meanwhile
     finally:
@@ -209,7 +194,7 @@ def test_inference_actor_sigkilled_mid_run(ray_cluster, tmp_path):
            "--shard-rows", "2", "--batch-size", "2", "--quiet", "--ray-address",
            ray.get_runtime_context().gcs_address]
     env = _job_env()
-    proc = _start_job(cmd, env)
+    proc = jobkit.start_job(cmd, env)
     # The inference actor is a child of THIS cluster's raylet (other Ray clusters may run on the machine); the
     # pipeline's only actor pool is the inference stage, whose workers are titled ray::MapWorker(...).
     # Killed once it exists and a first shard is done, so the kill lands mid-run.
