@@ -26,25 +26,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), fp32, batch {args.batch}, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'model':14s} {'input':>9s} {'wall min':>9s} {'wall median':>12s} {'cpu min':>8s} {'cpu median':>11s}"
-          "   (ms per image)")
+    from throughput import cpu_description
+
+    print(cpu_description())
+    print(f"{args.threads} thread(s), fp32, batch {args.batch}, load average {os.getloadavg()[0]:.1f}; "
+          "weights: as loaded (contiguous) and converted to channels-last (what inference.channels_last does)")
+    print(f"{'model':14s} {'weights':>13s} {'input':>9s} {'wall min':>9s} {'wall median':>12s} {'cpu min':>8s} "
+          f"{'cpu median':>11s}   (ms per image)")
     for name in args.models.split(","):
         model, info = load_model(name, allow_random=True)
         h, w = info.preprocessing.input_size
         x = torch.rand(args.batch, 1, h, w) * 100
-        with torch.inference_mode():
-            model(x)
-            wall, cpu = [], []
-            for _ in range(args.repeats):
-                t0, c0 = time.perf_counter(), time.process_time()
+        for layout in ("contiguous", "channels-last"):
+            if layout == "channels-last":
+                model = model.to(memory_format=torch.channels_last)
+            with torch.inference_mode():
                 model(x)
-                wall.append((time.perf_counter() - t0) / args.batch * 1000)
-                cpu.append((time.process_time() - c0) / args.batch * 1000)
-        wall.sort(), cpu.sort()
-        mid = len(wall) // 2
-        print(f"{name:14s} {h:>4d}x{w:<4d} {wall[0]:>9.1f} {wall[mid]:>12.1f} {cpu[0]:>8.1f} {cpu[mid]:>11.1f}")
+                wall, cpu = [], []
+                for _ in range(args.repeats):
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    model(x)
+                    wall.append((time.perf_counter() - t0) / args.batch * 1000)
+                    cpu.append((time.process_time() - c0) / args.batch * 1000)
+            wall.sort(), cpu.sort()
+            mid = len(wall) // 2
+            print(f"{name:14s} {layout:>13s} {h:>4d}x{w:<4d} {wall[0]:>9.1f} {wall[mid]:>12.1f} {cpu[0]:>8.1f} "
+                  f"{cpu[mid]:>11.1f}", flush=True)
     return 0
 
 

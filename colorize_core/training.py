@@ -94,12 +94,13 @@ class LabImageSet:
         return cls(images, [r["image_id"] for r in rows])
 
     def sample(self, batch_size: int, crop_size: int, rng: np.random.Generator,
-               scale: tuple[float, float] = (0.3, 1.0), flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               scale: tuple[float, float] = (0.3, 1.0), flip: bool = True,
+               ratio: tuple[float, float] = (1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of (L [B,1,s,s], ab [B,2,s,s]) float32 random crops, ``s = crop_size``."""
         crops = []
         for _ in range(batch_size):
             lab = self.images[int(rng.integers(len(self.images)))]
-            crops.append(random_crop(lab, crop_size, rng, scale=scale, flip=flip))
+            crops.append(random_crop(lab, crop_size, rng, scale=scale, flip=flip, ratio=ratio))
         batch = torch.stack(crops)
         return batch[:, :1].contiguous(), batch[:, 1:].contiguous()
 
@@ -116,17 +117,28 @@ def resize(x: torch.Tensor, size: tuple[int, int] | None = None, scale: float | 
 
 
 def random_crop(lab: torch.Tensor, crop_size: int, rng: np.random.Generator, *,
-                scale: tuple[float, float] = (0.3, 1.0), flip: bool = True) -> torch.Tensor:
-    """A random square of side ``U(scale) * short side`` (at least ``crop_size``), resized to
-    ``crop_size`` and mirrored left-right with probability 1/2. [3,H,W] -> [3,s,s]."""
+                scale: tuple[float, float] = (0.3, 1.0), flip: bool = True,
+                ratio: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """A random rectangle resized to ``crop_size`` x ``crop_size`` and mirrored left-right with
+    probability 1/2. [3,H,W] -> [3,s,s]. Its mean side is ``U(scale) * short side`` (at least
+    ``crop_size``), its width / height log-uniform in ``ratio`` (as far as the image allows).
+
+    Why ``ratio``: inference resizes the whole image to the model's square input, so a 3:2 photo
+    reaches the model squeezed 1.5x across; crops of other shapes than square show training that too
+    (torchvision's ``RandomResizedCrop`` idea)."""
     h, w = lab.shape[-2:]
     short = min(h, w)
     lo = max(min(crop_size, short), int(scale[0] * short))
     hi = max(lo, int(scale[1] * short))
     side = int(rng.integers(lo, hi + 1))
-    y = int(rng.integers(0, h - side + 1))
-    x = int(rng.integers(0, w - side + 1))
-    crop = resize(lab[None, :, y:y + side, x:x + side], size=(crop_size, crop_size))[0]
+    if ratio[0] == ratio[1] == 1.0:
+        ch = cw = side
+    else:
+        r = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        ch, cw = min(h, max(1, round(side / math.sqrt(r)))), min(w, max(1, round(side * math.sqrt(r))))
+    y = int(rng.integers(0, h - ch + 1))
+    x = int(rng.integers(0, w - cw + 1))
+    crop = resize(lab[None, :, y:y + ch, x:x + cw], size=(crop_size, crop_size))[0]
     if flip and rng.random() < 0.5:
         crop = crop.flip(-1)
     return crop
@@ -194,6 +206,38 @@ def rebalance_weights(counts: torch.Tensor, mix: float = 0.5, power: float = 1.0
     return w.float()
 
 
+class WeightEMA:
+    """Exponential moving average of a model's weights and float buffers (BatchNorm statistics), updated
+    after every optimizer step: ``avg = d * avg + (1 - d) * current`` with ``d = min(decay, (1 + step) /
+    (10 + step))``, so the first steps' (often poor) weights do not linger in the average (the warm-up
+    of TensorFlow's ExponentialMovingAverage ``num_updates``). On a small training set the average
+    generalises better than the last step's weights (Polyak averaging)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        import copy
+
+        if not 0 < decay < 1:
+            raise ValueError(f"ema decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(unwrap(model)).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1.0 + step) / (10.0 + step))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        """Fold in ``model``'s weights after optimizer step ``step`` (0-based, of the whole run)."""
+        d = self.decay_at(step)
+        current = unwrap(model).state_dict()
+        for key, avg in self.module.state_dict().items():
+            if avg.is_floating_point():
+                avg.lerp_(current[key].to(avg.dtype), 1.0 - d)
+            else:
+                avg.copy_(current[key])
+
+
 @dataclass
 class TrainState:
     """Everything a step mutates and a checkpoint must restore."""
@@ -209,17 +253,31 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    ema: WeightEMA | None = None
+
+    @property
+    def published(self) -> nn.Module:
+        """The weights validation scores and checkpoints hold: the moving average if kept, else the model."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)
 
     def state_dict(self) -> dict[str, Any]:
-        """Optimizer (and discriminator) state for ``train_state.pt``; the generator's weights go to
-        the checkpoint's ``weights.pt``."""
+        """Optimizer (and discriminator) state for ``train_state.pt``; the published weights go to the
+        checkpoint's ``weights.pt`` (with an EMA, the raw weights come here to resume from)."""
         out: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "step": self.step, "epoch": self.epoch}
+        if self.ema is not None:
+            out["raw_model"] = unwrap(self.model).state_dict()
         if self.discriminator is not None:
             out["discriminator"] = unwrap(self.discriminator).state_dict()
             out["d_optimizer"] = self.d_optimizer.state_dict()
         return out
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], published: nn.Module | None = None) -> None:
+        """Restore from ``train_state.pt`` and the checkpoint's module (``published``): with an EMA the
+        checkpoint holds the average and ``raw_model`` the weights training continues from."""
+        if self.ema is not None and published is not None:
+            self.ema.module.load_state_dict(published.state_dict())
+        if "raw_model" in state:
+            unwrap(self.model).load_state_dict(state["raw_model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         if self.discriminator is not None and "discriminator" in state:
@@ -277,6 +335,8 @@ def train_step(state: TrainState, l: torch.Tensor, ab: torch.Tensor) -> dict[str
         loss.backward()
         state.optimizer.step()
         out = {"loss": loss.item()}
+    if state.ema is not None:
+        state.ema.update(state.model, state.step)
     state.step += 1
     return out
 

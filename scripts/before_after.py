@@ -21,13 +21,17 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifest", required=True)
-    ap.add_argument("--models", default="compact,effnet_unet")
+    ap.add_argument("--models", default="compact,effnet_unet", help="comma-separated registry names, checkpoint "
+                    "directories or label=checkpoint")
     ap.add_argument("--images", required=True, help="comma-separated image_ids of the manifest")
     ap.add_argument("--output", required=True)
     args = ap.parse_args(argv)
     rows = {r["image_id"]: r["uri"] for r in training.read_manifest(args.manifest)}
     ids = args.images.split(",")
-    models = {name: Colorizer(name) for name in args.models.split(",")}
+    models = {}
+    for spec in args.models.split(","):  # a registry name, a checkpoint directory, or label=checkpoint
+        label, _, uri = spec.rpartition("=") if "=" in spec else (spec, "", spec)
+        models[label] = Colorizer(uri)
     cols = ["gray input", *models, "original"]
     fig, axes = plt.subplots(len(ids), len(cols), figsize=(2.6 * len(cols), 2.3 * len(ids)), squeeze=False)
     for i, image_id in enumerate(ids):

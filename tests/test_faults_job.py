@@ -184,7 +184,8 @@ def _descendants(root: int) -> list[int]:
 def test_inference_actor_sigkilled_mid_run(ray_cluster, tmp_path):
     import ray
 
-    images = {f"img{i:02d}.jpg": b for i, b in enumerate(jobkit.colour_images(24, size=(320, 240)))}
+    # 40 images in 20 shards: enough work left after the first shard that the kill lands mid-run.
+    images = {f"img{i:02d}.jpg": b for i, b in enumerate(jobkit.colour_images(40, size=(320, 240)))}
     uris = jobkit.put_images(str(tmp_path / "in"), images)
     rows = [{"image_id": k.split(".")[0], "uri": v} for k, v in sorted(uris.items())]
     manifest = jobkit.write_manifest(str(tmp_path / "m.parquet"), rows)

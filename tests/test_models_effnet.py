@@ -103,6 +103,19 @@ def test_effnet_unet_entry_forward_backward_and_frozen_phase(imagenet_state):
         model(torch.rand(1, 1, 40, 64))
 
 
+@pytest.mark.parametrize("widths, stride", [((96, 64), 8), ((24,), 16), ((24, 16, 16), 4), ((24, 16, 16, 8), 2)])
+def test_effnet_unet_decoder_depth_sets_the_stride_of_the_predicted_ab(widths, stride):
+    model = EffNetUNetColorizer(decoder_channels=widths).eval()
+    seen = {}
+    model.head.register_forward_hook(lambda module, args, out: seen.update(shape=tuple(out.shape)))
+    with torch.no_grad():
+        ab = model(torch.rand(1, 1, 64, 96) * 100)
+    assert ab.shape == (1, 2, 64, 96) and seen["shape"] == (1, 2, 64 // stride, 96 // stride)
+    assert len(model.decoder) == len(widths)
+    with pytest.raises(ValueError, match="1 to 4 widths"):
+        EffNetUNetColorizer(decoder_channels=(8, 8, 8, 8, 8))
+
+
 def test_effnet_unet_save_load_identical_with_trained_preprocessing(tmp_path):
     torch.manual_seed(0)
     model = EffNetUNetColorizer(decoder_channels=[24, 16, 16, 8]).eval()
@@ -174,6 +187,7 @@ def test_bundled_effnet_unet_is_the_default_and_loads_offline_with_verified_sha2
     assert entry.default_weights == "bundled"
     meta = read_checkpoint_meta(str(EFFNET_UNET_DIR))
     assert meta["architecture"] == "effnet_unet" and spec.preprocessing == checkpoint_preprocessing(meta)
+    assert spec.arguments == meta["arguments"]  # the architecture travels with the weights
     assert {"trained_on", "psnr", "gray_psnr"} <= set(spec.meta)
     assert ColorizeConfig.model_fields["model"].default == "effnet_unet"
     calls = []
@@ -182,6 +196,8 @@ def test_bundled_effnet_unet_is_the_default_and_loads_offline_with_verified_sha2
     monkeypatch.setattr(weights_mod, "_download", lambda *a: pytest.fail("must not download"))
     model, info = load_model("effnet_unet")
     assert calls and info.weights == "bundled" and not model.training
+    widths = meta["arguments"].get("decoder_channels", EffNetUNetColorizer().decoder_widths)
+    assert [up.conv[0].out_channels for up in model.decoder] == list(widths)
     assert info.preprocessing == spec.preprocessing
 
 

@@ -42,6 +42,51 @@ def test_config_rejects_typos_and_masks_secrets():
     assert all(f.description for n, f in TrainConfig.model_fields.items() if n != "storage")
 
 
+def test_cosine_learning_rate_is_a_pure_function_of_the_step():
+    base = {"architecture": "unet", "train_manifest": "m.parquet", "output": "out", "lr": 1e-3}
+    assert TrainConfig.model_validate(base).lr_at(500, 1000) == 1e-3  # constant by default
+    cfg = TrainConfig.model_validate({**base, "lr_schedule": "cosine", "lr_decay_from": 100, "lr_min": 1e-5})
+    lrs = [cfg.lr_at(step, 1100) for step in range(1100)]
+    assert lrs[0] == lrs[100] == 1e-3  # an earlier phase's steps keep the full rate
+    assert lrs[-1] == pytest.approx(1e-5) and abs(lrs[600] - (1e-3 + 1e-5) / 2) < 2e-6
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
+    with pytest.raises(ValidationError, match="lr_schedule"):
+        TrainConfig.model_validate({**base, "lr_schedule": "step"})
+
+
+def test_init_weights_copies_what_matches_and_leaves_a_new_head_fresh(tmp_path):
+    import torch
+
+    from colorize_core.models.checkpoint import save_checkpoint
+    from colorize_core.models.effnet_unet import EffNetUNetColorizer
+    from jobs.train import build_model, init_from
+
+    torch.manual_seed(0)
+    deep = EffNetUNetColorizer(decoder_channels=[24, 16, 16, 8])
+    uri = str(tmp_path / "deep")
+    save_checkpoint(uri, deep, architecture="effnet_unet", arguments={"decoder_channels": [24, 16, 16, 8]},
+                    input_size=(64, 64))
+    cfg = TrainConfig.model_validate({"architecture": "effnet_unet", "arguments": {"decoder_channels": [24, 16]},
+                                      "train_manifest": "m.parquet", "output": "out", "init_weights": uri,
+                                      "freeze_encoder": True})
+    torch.manual_seed(1)
+    model = build_model(cfg)  # stride 8: its decoder's first two merges and the encoder come from `deep`
+    theirs = deep.state_dict()
+    for key, value in model.state_dict().items():
+        if key.startswith(("encoder.", "decoder.0.", "decoder.1.")):
+            assert torch.equal(value, theirs[key]), key
+    assert model.head[0][0].weight.shape != deep.head[0][0].weight.shape  # 16 vs 8 channels: left fresh
+    assert model.encoder_frozen
+    _, fresh = init_from(EffNetUNetColorizer(decoder_channels=[24, 16]), uri)
+    assert fresh and all(k.startswith("head.") for k in fresh)
+    compact = tmp_path / "compact"
+    from colorize_core.models.unet import CompactColorizer
+
+    save_checkpoint(str(compact), CompactColorizer(), architecture="compact", arguments={}, input_size=(64, 64))
+    with pytest.raises(ValueError, match="no weight matches"):
+        init_from(EffNetUNetColorizer(), str(compact))
+
+
 def test_two_worker_training_resumes_from_the_saved_step(ray_cluster, tmp_path):
     manifest = make_images(tmp_path, n=4)
     out = tmp_path / "run"

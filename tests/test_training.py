@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,6 +47,63 @@ def test_lab_image_set_samples_augmented_crops(tmp_path):
     lab = data.images[0]
     full = training.random_crop(lab[:, :64, :64], 16, np.random.default_rng(0), scale=(1.0, 1.0), flip=False)
     assert torch.allclose(full, training.resize(lab[None, :, :64, :64], size=(16, 16))[0])
+
+
+def test_crop_ratio_shows_the_model_images_squeezed_as_inference_does():
+    """Channel 1 holds each pixel's column, channel 2 its row: a crop's spans show its shape."""
+    h, w = 300, 400
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+    lab = torch.stack([torch.full((h, w), 50.0), cols, rows])
+    rng = np.random.default_rng(0)
+    for ratio, lo, hi in (((1.0, 1.0), 0.97, 1.03), ((2.0, 2.0), 1.9, 2.1), ((0.5, 0.5), 0.47, 0.53)):
+        crop = training.random_crop(lab, 32, rng, scale=(0.5, 0.5), flip=False, ratio=ratio)
+        assert crop.shape == (3, 32, 32)
+        width, height = float(crop[1].max() - crop[1].min()), float(crop[2].max() - crop[2].min())
+        assert lo < width / height < hi, (ratio, width, height)
+    for _ in range(50):  # never larger than the image, whatever the draw
+        crop = training.random_crop(lab, 32, rng, scale=(0.3, 1.0), ratio=(0.5, 2.0), flip=False)
+        assert crop[1].min() >= 0 and crop[1].max() <= w - 1 and crop[2].max() <= h - 1
+
+
+def test_weight_ema_averages_and_resumes_with_raw_weights(tmp_path):
+    torch.manual_seed(0)
+    data = training.LabImageSet.from_manifest(make_images(tmp_path))
+    l, ab = data.sample(4, 32, np.random.default_rng(0))
+    model = UNetColorizer(base_channels=8, depth=2)
+    state = training.build_train_state(model, lr=1e-2, loss="l1")
+    state.ema = training.WeightEMA(model, 0.9)
+    assert state.ema.decay_at(0) == 0.1 and state.ema.decay_at(80) == 0.9  # warm-up, then the decay
+    state.step = 100
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    training.train_step(state, l, ab)
+    after = model.state_dict()
+    for key, avg in state.ema.module.state_dict().items():
+        if avg.is_floating_point():
+            assert torch.allclose(avg, 0.9 * before[key] + 0.1 * after[key], atol=1e-6), key
+    assert state.published is state.ema.module
+    for _ in range(3):
+        training.train_step(state, l, ab)
+    buf = io.BytesIO()  # through bytes, as train_state.pt / weights.pt go (state_dict() shares tensors)
+    torch.save((state.state_dict(), state.published.state_dict()), buf)
+    buf.seek(0)
+    saved, published_state = torch.load(buf)
+    published = UNetColorizer(base_channels=8, depth=2)
+    published.load_state_dict(published_state)
+    # A fresh state resumed from (train state, published weights) continues exactly.
+    model2 = UNetColorizer(base_channels=8, depth=2)
+    state2 = training.build_train_state(model2, lr=1e-2, loss="l1")
+    state2.ema = training.WeightEMA(model2, 0.9)
+    state2.load_state_dict(saved, published=published)
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(published.state_dict().values(), state2.published.state_dict().values()):
+        assert torch.equal(a, b)
+    training.train_step(state, l, ab), training.train_step(state2, l, ab)
+    for a, b in zip(state.published.state_dict().values(), state2.published.state_dict().values()):
+        assert torch.allclose(a, b)
+    with pytest.raises(ValueError, match="decay"):
+        training.WeightEMA(model, 1.0)
 
 
 def test_lab_pair_matches_color_module(tmp_path):

@@ -71,9 +71,9 @@ def create_model(name: str, weights: str | None = None, *, storage_options=None,
     """Build a registered model in eval mode. ``weights``: None (random init), ``"official"``, the
     name of another spec of the entry (e.g. ``"bundled"``), a local path, https URL or s3:// URI."""
     entry = get_entry(name)
-    model = entry.builder(**{**entry.default_kwargs, **kwargs})
+    spec = entry.weights.get(weights) if weights is not None else None
+    model = entry.builder(**{**entry.default_kwargs, **(spec.arguments if spec else {}), **kwargs})
     if weights is not None:
-        spec = entry.weights.get(weights)
         if spec is not None and weights != "official":
             source = spec.uri
         else:

@@ -33,7 +33,9 @@ class WeightsSpec:
 
     ``sha256`` may be a prefix (the released colorization files publish an 8-hex prefix in their file
     names, the torch hub convention); the check compares the file's digest against it. ``input_size``
-    (the size the weights were trained at) and ``resize`` make up :attr:`preprocessing`.
+    (the size the weights were trained at) and ``resize`` make up :attr:`preprocessing`; ``arguments`` are
+    the builder's keyword arguments these weights need (e.g. a decoder's widths), so the architecture
+    travels with the weights rather than with a builder default.
     """
 
     uri: str
@@ -45,6 +47,7 @@ class WeightsSpec:
     ab_norm: float = 110.0
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     resize: str = "bicubic"
+    arguments: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def preprocessing(self) -> Preprocessing:

