@@ -88,7 +88,8 @@ def measure(n: int, workdir: Path, args) -> dict:
     manifest = workdir / f"m{n}.parquet"
     pq.write_table(pa.table({"image_id": [f"img{i:07d}" for i in range(n)],
                              "uri": [sources[i % len(sources)] for i in range(n)]}), manifest)
-    ray.init(address="local", include_dashboard=False, logging_level="WARNING",
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the table, not Ray's C++ start-up chatter
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False,
              object_store_memory=args.object_store_mib * 1024**2)
     DataContext.get_current().enable_progress_bars = False
     sampler = Sampler()

@@ -211,7 +211,9 @@ def bench_model(name: str, paths: list[Path], tmp: Path, args) -> dict:
 
     sampler = Sampler()
     sampler.start()
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the table, not Ray's C++ start-up chatter
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
+             log_to_driver=False)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
