@@ -255,7 +255,8 @@ def init_from(model: torch.nn.Module, source: str, options=None) -> tuple[list[s
     if not copied:
         raise ValueError(f"init_weights {source!r}: no weight matches {type(model).__name__} in name and shape")
     model.load_state_dict({k: theirs[k] for k in copied}, strict=False)
-    fresh = [k for k in mine if k not in set(copied)]
+    taken = set(copied)
+    fresh = [k for k in mine if k not in taken]
     print(f"[train] init_weights {source}: {len(copied)} tensors copied, {len(fresh)} freshly initialised"
           + (f" ({', '.join(sorted({k.rsplit('.', 2)[0] for k in fresh})[:6])})" if fresh else ""), flush=True)
     return copied, fresh
@@ -305,9 +306,6 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         state.ema = training.WeightEMA(model, cfg.ema_decay)
     if train_state is not None:
         state.load_state_dict(train_state, published=module)
-        for opt in (state.optimizer, state.d_optimizer):  # the config's lr wins: resume can anneal
-            for group in (opt.param_groups if opt is not None else []):
-                group["lr"] = cfg.lr
     device = ray.train.torch.get_device()
     n_train = len(training.read_manifest(cfg.train_manifest, options))
     spe = cfg.steps_per_epoch or max(1, math.ceil(n_train / (cfg.batch_size * world)))
@@ -335,8 +333,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         t0, sums, n = time.monotonic(), {}, 0
         while state.step < end:
             l, ab = data.sample(cfg.batch_size, crop, rng, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio))
-            for group in state.optimizer.param_groups:
-                group["lr"] = cfg.lr_at(state.step, total)
+            # From the config, every step (a resumed run included: a later phase can anneal), both networks.
+            for opt in (state.optimizer, state.d_optimizer):
+                for group in (opt.param_groups if opt is not None else []):
+                    group["lr"] = cfg.lr_at(state.step, total)
             losses = training.train_step(state, l.to(device), ab.to(device))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v

@@ -75,7 +75,12 @@ def test_init_weights_copies_what_matches_and_leaves_a_new_head_fresh(tmp_path):
     for key, value in model.state_dict().items():
         if key.startswith(("encoder.", "decoder.0.", "decoder.1.")):
             assert torch.equal(value, theirs[key]), key
-    assert model.head[0][0].weight.shape != deep.head[0][0].weight.shape  # 16 vs 8 channels: left fresh
+    torch.manual_seed(1)
+    reference = EffNetUNetColorizer(decoder_channels=[24, 16])  # the same draws, nothing copied in
+    for key, value in model.head.state_dict().items():  # the new head: as initialised where shapes differ
+        source = deep.head if value.shape == deep.head.state_dict()[key].shape else reference.head
+        assert torch.equal(value, source.state_dict()[key]), key
+    assert model.head[0][0].weight.shape != deep.head[0][0].weight.shape  # so some of it stayed fresh
     assert model.encoder_frozen
     _, fresh = init_from(EffNetUNetColorizer(decoder_channels=[24, 16]), uri)
     assert fresh and all(k.startswith("head.") for k in fresh)
