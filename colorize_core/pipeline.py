@@ -132,14 +132,13 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
         columns = tuple(c for c in info.columns if c in manifest_mod.REQUIRED + manifest_mod.OPTIONAL)
         stages = (
             ExpandShards(options, columns),
-            DecodeStage(options, cfg.output, cfg.output_format, model_info.input_size,
-                        model_info.accepts_hints, cfg.hint_radius, cfg.max_pixels, check_existing=resumed,
-                        resize=model_info.preprocessing.resize),
+            DecodeStage(options, cfg.output, cfg.output_format, model_info.preprocessing,
+                        model_info.accepts_hints, cfg.hint_radius, cfg.max_pixels, check_existing=resumed),
             InferenceStage(cfg.model, cfg.weights, model_kwargs, options, res.device, cfg.inference.precision,
                            cfg.inference.max_precision_error, cfg.inference.channels_last, res.threads,
                            cfg.inference.batch_size),
-            ComposeStage(options, cfg.output, cfg.output_format, cfg.quality, cfg.saturation,
-                         model_info.name, cfg.max_pixels),
+            ComposeStage(options, cfg.output, model_info.preprocessing, cfg.output_format, cfg.quality,
+                         cfg.saturation, model_info.name, cfg.max_pixels),
         )
         bar = Progress(total, skipped, enabled=progress)
         # One Ray Dataset per wave of shards: the driver's Ray Data bookkeeping (per-block metadata and

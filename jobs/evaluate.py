@@ -137,19 +137,20 @@ def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool =
     per_image = len(models) + 1
     launch.init_ray(ray_address, verbose)
     res = plan_resources(cfg, pools=len(models))
-    sizes = tuple(dict.fromkeys(tuple(m[3].input_size) for m in models))
-    decode = DecodeStage(options, cfg.output, cfg.output_format, sizes[0], max_pixels=cfg.max_pixels,
-                         sizes=sizes, protocol=cfg.protocol)
+    # The models' L as their weights want it (input size and resize filter), one column per distinct one.
+    pres = tuple(m[3].preprocessing for m in models)
+    decode = DecodeStage(options, cfg.output, cfg.output_format, pres[0], max_pixels=cfg.max_pixels, more=pres[1:],
+                         protocol=cfg.protocol)
     infer = []
     for j, (label, spec, weights, model_info) in enumerate(models):
-        column = decode.column(model_info.input_size)
-        later = any(decode.column(m[3].input_size) == column for m in models[j + 1:])
+        column = decode.column(model_info.preprocessing)
+        later = any(decode.column(m[3].preprocessing) == column for m in models[j + 1:])
         infer.append(InferenceStage(spec, weights, {}, options, res.device, cfg.inference.precision,
                                     cfg.inference.max_precision_error, cfg.inference.channels_last, res.threads,
                                     cfg.inference.batch_size, input_column=column, output_column=f"ab_{label}",
                                     seconds_column=f"seconds_{label}", keep_input=later))
     scored = (ScoredModel(GRAY_BASELINE),
-              *(ScoredModel(label, f"ab_{label}", f"seconds_{label}") for label, *_ in models))
+              *(ScoredModel(label, f"ab_{label}", f"seconds_{label}", mi.preprocessing) for label, _, _, mi in models))
     compose = EvalComposeStage(options, cfg.output, scored, cfg.protocol, cfg.output_format, cfg.quality,
                                cfg.max_pixels)
     ds = build_dataset([s.to_dict() for s in shards], ExpandShards(options, manifest_mod.REQUIRED), decode,
