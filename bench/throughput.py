@@ -173,7 +173,8 @@ def stage_costs(paths, module, pre, out: Path) -> dict[str, float]:
         t3 = time.process_time()
         rgb = render.compose(source.rgb, ab, pre, is_gray=source.is_gray)
         t4 = time.process_time()
-        result = write_and_read_back(rgb, str(out / p.name), "jpeg", 95, options, imageio.DEFAULT_MAX_PIXELS)
+        result = write_and_read_back(rgb, str(out / p.name), "jpeg", 95, options, imageio.DEFAULT_MAX_PIXELS,
+                                     str(out))
         t5 = time.process_time()
         metrics.compute_metrics(result, None)
         t6 = time.process_time()

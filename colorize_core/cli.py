@@ -148,8 +148,12 @@ def _weights_for(model: str, spec: str | None, n_models: int) -> str | None:
     if spec is None:
         return None
     if "=" in spec:
-        pairs = dict(item.split("=", 1) for item in spec.split(",") if item)
-        return pairs.get(model)
+        items = [item.split("=", 1) for item in spec.split(",") if item]
+        bad = [sep for sep in items if len(sep) != 2 or not all(sep)]
+        if bad:
+            raise UserError(f"--weights {spec!r}: give name=URI pairs separated by commas (e.g. "
+                            f"eccv16=official,ours=s3://bucket/w.pth)")
+        return dict(items).get(model)
     if n_models == 1:
         return spec
     if spec == "official":

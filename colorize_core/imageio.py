@@ -57,6 +57,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FORMAT_EXTENSIONS",
@@ -132,8 +134,9 @@ _OTHER_MAGIC = [
 ]
 
 
-class ImageDecodeError(ValueError):
-    """A file that cannot be turned into pixels; `str(err)` is one short line."""
+class ImageDecodeError(InputError, ValueError):
+    """A file that cannot be turned into pixels; `str(err)` is one short line. An input failure: its row is
+    ``status='error'`` (see :mod:`colorize_core.errors`)."""
 
     def __init__(self, reason: str):
         super().__init__(_one_line(reason))

@@ -10,9 +10,14 @@ DCT scale, :func:`colorize_core.render.decode_reduced`), sending onward only the
 weights' preprocessing asks for (256x256 float32 = 256 KiB); the ``InferenceStage`` returns model-size
 ab; the CPU ``ComposeStage`` fetches the source again (one extra GET, instead of shipping full-resolution
 pixels through the inference actors, which on a real cluster sit on other, GPU, nodes) and does the one
-full-resolution decode and the one full-resolution pass (:func:`colorize_core.render.compose`, the path every caller shares), then
-encodes, writes and scores the written file. A failure in any row becomes ``status='error'`` with a
-one-line reason; the batch carries on.
+full-resolution decode and the one full-resolution pass (:func:`colorize_core.render.compose`, the path
+every caller shares), then encodes, writes and scores the written file.
+
+Failures (:mod:`colorize_core.errors`): a failure about a row's input (its source or reference missing,
+forbidden, undecodable, too large, a bad hint) becomes ``status='error'`` with a one-line reason and the
+batch carries on; a transient one that outlasted the retries becomes ``status='transient'``. Anything else,
+a failure to write an output (:class:`~colorize_core.errors.OutputError`) or an exception nobody expected,
+propagates: Ray Data fails the run and no shard in flight is recorded as finished.
 
 Model evaluation (jobs/evaluate.py) reuses the same stages: one ``DecodeStage`` that emits the L of
 every distinct model preprocessing, one ``InferenceStage`` per model (each reads its L column and adds
@@ -33,6 +38,7 @@ import pyarrow as pa
 import torch
 
 from . import errors, imageio, metrics, render, storage
+from .errors import InputError, OutputError
 from .manifest import Shard, read_shard
 from .models.preprocess import Preprocessing
 from .schema import METRIC_COLUMNS, METRICS_SCHEMA
@@ -48,7 +54,7 @@ def short_error(exc: BaseException, prefix: str = "") -> str:
     """A one-line reason for an error row: never a traceback, never unbounded."""
     if isinstance(exc, FileNotFoundError):
         text = f"missing object: {exc.filename or exc}" if getattr(exc, "filename", None) else f"missing object: {exc}"
-    elif isinstance(exc, imageio.ImageDecodeError):
+    elif isinstance(exc, InputError):  # decode's ImageDecodeError included: its message is the reason
         text = str(exc)
     else:
         text = f"{type(exc).__name__}: {exc}"
@@ -104,17 +110,45 @@ def l_column(pre: Preprocessing) -> str:
     return f"l_{pre.input_size[0]}x{pre.input_size[1]}_{pre.resize}"
 
 
-def write_and_read_back(rgb: np.ndarray, key: str, output_format: str, quality: int, options,
-                        max_pixels: int) -> np.ndarray:
-    """Encode, write, decode the written bytes: metrics score the delivered file, codec included."""
+def read_input(uri: str, options: storage.StorageOptions) -> bytes:
+    """A row's source or reference. Missing, forbidden, not a file, too large, a scheme we do not read: about
+    the input (:class:`InputError`). Transient failures that outlasted the retries propagate as they are."""
+    try:
+        return storage.read_bytes(uri, options)
+    except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, storage.NotRegularFileError,
+            storage.TooLargeError, storage.UnsupportedSchemeError) as exc:
+        raise InputError(short_error(exc)) from exc
+
+
+def write_and_read_back(rgb: np.ndarray, key: str, output_format: str, quality: int, options, max_pixels: int,
+                        root: str) -> np.ndarray:
+    """Encode, write under the output ``root``, decode the written bytes: metrics score the delivered file, codec
+    included. A write that fails is an :class:`OutputError` (see :func:`storage.write_output`)."""
     written = imageio.encode_image(rgb, output_format, quality=quality)
-    storage.write_bytes(key, written, options)
+    storage.write_output(key, written, options, root=root)
     return imageio.decode_image(written, max_pixels=max_pixels).rgb
 
 
+def read_output(key: str, options: storage.StorageOptions, max_pixels: int) -> imageio.DecodedImage:
+    """An output already written (a resumed run reuses it). Its absence and a file that does not decode are the
+    caller's to judge; any other failure to read it (a folder in the way, no access) is an OutputError."""
+    try:
+        return imageio.decode_image(storage.read_bytes(key, options), max_pixels=max_pixels)
+    except (FileNotFoundError, imageio.ImageDecodeError, storage.NotRegularFileError, storage.TooLargeError):
+        raise
+    except Exception as exc:
+        if errors.is_transient(exc):
+            raise
+        raise OutputError(f"cannot read the existing output {storage.redact_uri(key)} ({short_error(exc)}); free "
+                          f"the output location and rerun the same command") from exc
+
+
 def _row_failure(exc: Exception) -> tuple[str, str]:
-    """(status, reason) of a row's failure: transient if it may pass, else a finished error."""
-    return errors.TRANSIENT if errors.is_transient(exc) else errors.ERROR, short_error(exc)
+    """(status, reason) of a failure that is its row's result; anything else is re-raised by the caller."""
+    status = errors.row_status(exc)
+    if status is None:
+        raise exc
+    return status, short_error(exc)
 
 
 def paint_hints(hints: Any, size: tuple[int, int], radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -192,10 +226,10 @@ class DecodeStage:
         a truncated or foreign file is colorized again (and overwritten)."""
         key = output_key(self.output, image_id, self.output_format)
         try:
-            existing = imageio.decode_image(storage.read_bytes(key, self.options), max_pixels=self.max_pixels)
+            existing = read_output(key, self.options, self.max_pixels)
         except FileNotFoundError:
             return False
-        except Exception as exc:  # noqa: BLE001 - unreadable: redo it
+        except (imageio.ImageDecodeError, storage.NotRegularFileError, storage.TooLargeError) as exc:
             log.warning("redoing %s: the existing output does not decode (%s)", key, short_error(exc))
             return False
         if existing.rgb.shape[:2] != tuple(geometry):
@@ -219,7 +253,7 @@ class DecodeStage:
             t0 = time.perf_counter()
             image_id, uri = batch["image_id"][i], batch["uri"][i]
             try:
-                data = storage.read_bytes(uri, self.options)
+                data = read_input(uri, self.options)
                 if self.protocol == "full":
                     rgb, geometry = render.decode_reduced(data, largest, self.max_pixels)
                 else:
@@ -235,7 +269,7 @@ class DecodeStage:
                         hint_ab[i], hint_mask[i] = render.hint_maps(batch["hints"][i], pre, self.hint_radius)
                 status.append(errors.OK)
                 error.append(None)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes this row's error
+            except Exception as exc:  # noqa: BLE001 - a failure about the input is this row's result; others raise
                 row_status, reason = _row_failure(exc)
                 status.append(row_status)
                 error.append(reason)
@@ -411,26 +445,34 @@ class ComposeStage:
     def setup(self) -> None:
         pass
 
+    def _existing(self, key: str) -> np.ndarray:
+        """The output the decode stage found reusable; gone or unreadable now, it is the output's problem."""
+        try:
+            return read_output(key, self.options, self.max_pixels).rgb
+        except (FileNotFoundError, imageio.ImageDecodeError, storage.NotRegularFileError, storage.TooLargeError) as exc:
+            raise OutputError(f"cannot read back the existing output {storage.redact_uri(key)} "
+                              f"({short_error(exc)}); rerun the same command") from exc
+
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
         image_id = row["image_id"]
-        source = imageio.decode_image(storage.read_bytes(row["uri"], self.options), max_pixels=self.max_pixels)
+        source = imageio.decode_image(read_input(row["uri"], self.options), max_pixels=self.max_pixels)
         key = output_key(self.output, image_id, self.output_format)
         if row["reuse"]:
-            result = imageio.decode_image(storage.read_bytes(key, self.options), max_pixels=self.max_pixels).rgb
+            result = self._existing(key)
         else:
             rgb = render.compose(source.rgb, row["ab"], self.preprocessing, saturation=self.saturation,
                                  is_gray=source.is_gray)
             result = write_and_read_back(rgb, key, self.output_format, self.quality, self.options,
-                                         self.max_pixels)
+                                         self.max_pixels, self.output)
         ref_uri = _text(row.get("reference_uri"))
         against = None
         reference = None
         if ref_uri:
             reference = imageio.to_uint8(imageio.decode_image(
-                storage.read_bytes(ref_uri, self.options), max_pixels=self.max_pixels).rgb)
+                read_input(ref_uri, self.options), max_pixels=self.max_pixels).rgb)
             against = "reference_uri"
             if reference.shape != result.shape:
-                raise ValueError(f"reference is {reference.shape[1]}x{reference.shape[0]}, "
+                raise InputError(f"reference is {reference.shape[1]}x{reference.shape[0]}, "
                                  f"input is {result.shape[1]}x{result.shape[0]}")
         elif not source.is_gray:
             reference, against = imageio.to_uint8(source.rgb), "input"
@@ -447,7 +489,7 @@ class ComposeStage:
             if status == errors.OK:
                 try:
                     values = self._one(row)
-                except Exception as exc:  # noqa: BLE001 - a bad image is a row, not a crash
+                except Exception as exc:  # noqa: BLE001 - a bad input is a row; an output failure or a bug raises
                     status, error = _row_failure(exc)
             _add_row(rows, row, status, error, self.model_name, float(row["seconds"]) + time.perf_counter() - t0,
                      values)
@@ -528,16 +570,17 @@ class EvalComposeStage:
         pass
 
     def _reference(self, uri: str) -> np.ndarray:
-        source = imageio.decode_image(storage.read_bytes(uri, self.options), max_pixels=self.max_pixels)
+        source = imageio.decode_image(read_input(uri, self.options), max_pixels=self.max_pixels)
         if source.is_gray:
-            raise ValueError("not a colour image: a held-out set needs colour originals to score against")
+            raise InputError("not a colour image: a held-out set needs colour originals to score against")
         return apply_protocol(source.rgb, self.protocol)
 
     def _score(self, model: ScoredModel, row: dict[str, Any], reference: np.ndarray) -> dict[str, Any]:
         ab = row[model.ab_column] if model.ab_column else np.zeros((2, 1, 1), np.float32)
         key = eval_output_key(self.output, model.label, row["image_id"], self.output_format)
         rgb = render.compose(reference, ab, model.preprocessing)
-        result = write_and_read_back(rgb, key, self.output_format, self.quality, self.options, self.max_pixels)
+        result = write_and_read_back(rgb, key, self.output_format, self.quality, self.options, self.max_pixels,
+                                     self.output)
         return {**metrics.compute_metrics(result, reference), "width": reference.shape[1],
                 "height": reference.shape[0], "metrics_against": "input"}
 
@@ -551,7 +594,7 @@ class EvalComposeStage:
             if image_status == errors.OK:
                 try:
                     reference = self._reference(row["uri"])
-                except Exception as exc:  # noqa: BLE001 - a bad image is a row, not a crash
+                except Exception as exc:  # noqa: BLE001 - a bad input is a row; anything else raises
                     image_status, image_error = _row_failure(exc)
             shared = time.perf_counter() - t0
             for model in self.models:
@@ -559,10 +602,7 @@ class EvalComposeStage:
                 values: dict[str, Any] = {}
                 status, error = image_status, image_error
                 if reference is not None:
-                    try:
-                        values = self._score(model, row, reference)
-                    except Exception as exc:  # noqa: BLE001 - one model's failure is that row's error
-                        status, error = _row_failure(exc)
+                    values = self._score(model, row, reference)
                 inference = float(row[model.seconds_column]) if model.seconds_column else 0.0
                 _add_row(rows, row, status, error, model.label,
                          float(row["seconds"]) + inference + shared + time.perf_counter() - t1, values)

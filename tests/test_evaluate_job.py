@@ -19,6 +19,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from colorize_core import color, metrics, render, storage
 from colorize_core.config import load_yaml
+from colorize_core.errors import UserError
 from colorize_core.models import load_model
 from colorize_core.models.checkpoint import save_checkpoint
 from colorize_core.models.preprocess import Preprocessing
@@ -143,13 +144,13 @@ def test_model_labels_and_their_errors():
 
     assert specs(["s3://b/run/ckpt-a/", "b=/tmp/x/ckpt-a"]) == [("ckpt-a", "s3://b/run/ckpt-a/", None),
                                                                 ("b", "/tmp/x/ckpt-a", None)]
-    with pytest.raises(ValueError, match="labelled"):
+    with pytest.raises(UserError, match="labelled"):
         specs(["s3://b/one/ckpt", "/tmp/two/ckpt"])
-    with pytest.raises(ValueError, match="baseline"):
+    with pytest.raises(UserError, match="baseline"):
         specs(["gray"])
-    with pytest.raises(ValueError, match="not in --models"):
+    with pytest.raises(UserError, match="not in --models"):
         specs(["eccv16"], {"siggraph17": "official"})
-    with pytest.raises(ValueError, match="holds its own weights"):
+    with pytest.raises(UserError, match="holds its own weights"):
         specs(["/tmp/ckpt"], {"ckpt": "official"})
 
 

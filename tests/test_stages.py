@@ -126,3 +126,33 @@ def test_stages_pickle_round_trip(tmp_path):
         assert pickle.loads(pickle.dumps(stage)) == stage
 
 
+
+def test_only_input_failures_are_rows_an_output_failure_raises(inputs):
+    """A missing or wrong-sized reference and a bad hint are rows; an output that cannot be written is not."""
+    from colorize_core.errors import OutputError
+
+    batch, tmp_path = inputs
+    opts, out = storage.StorageOptions(), str(tmp_path / "out")
+    pre = Preprocessing((32, 32))
+    hints = _obj([[{"x": 2.0, "y": 0.5, "a": 1.0, "b": 1.0}], None, None, None, None])
+    decoded = DecodeStage(opts, out, "jpeg", pre, accepts_hints=True)({**batch, "hints": hints})
+    assert decoded["status"][0] == "error" and "bad hint" in decoded["error"][0]
+    decoded["status"][0], decoded["error"][0] = "ok", None  # the colour image, composed below
+    decoded["ab"] = np.zeros((5, 2, 32, 32), np.float32)
+    decoded["reference_uri"] = _obj([batch["uri"][1], str(tmp_path / "nope.png"), None, None, None])
+    rows = ComposeStage(opts, out, pre, model_name="m")(decoded)
+    assert list(rows["status"]) == ["error", "error", "error", "error", "error"]
+    assert rows["error"][0].startswith("reference is 50x40") and rows["error"][1].startswith("missing object")
+    # Now the output's images/ is a file: the first good row raises, naming the target and what to do.
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "images").write_text("in the way")
+    decoded["reference_uri"] = _obj([None] * 5)
+    with pytest.raises(OutputError, match=r"cannot write .*c_jpg\.jpg: '.*images' is a file where a folder is "
+                                          r"needed; move it away and rerun the same command"):
+        ComposeStage(opts, str(tmp_path / "out2"), pre, model_name="m")(decoded)
+
+
+def test_a_source_of_a_scheme_we_do_not_read_is_that_rows_error(tmp_path):
+    batch = {"image_id": _obj(["a"]), "uri": _obj(["gs://bucket/a.jpg"]), "shard_id": _obj(["s0"])}
+    out = DecodeStage(storage.StorageOptions(), str(tmp_path / "out"), "jpeg", Preprocessing((8, 8)))(batch)
+    assert out["status"][0] == "error" and "unsupported URI scheme" in out["error"][0]
