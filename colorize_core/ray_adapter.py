@@ -35,17 +35,34 @@ FAIL_FAST = {"max_errored_blocks": 0, "raise_original_map_exception": True, "act
              "retried_map_errors": False, "max_map_retries": 0}
 
 # Test-only fault hook: with COLORIZE_TEST_FAULT=<stage class name> set on the driver when a dataset is built,
-# that stage raises RuntimeError in every batch it is given, inside Ray Data, exactly where a bug in it would
-# (tests/test_failures_job.py). Unset, nothing changes.
+# that stage raises RuntimeError in every batch it is given, inside Ray Data, exactly where a bug in it would;
+# <stage class name>.setup makes its setup() raise instead (tests/test_failures_job.py). Unset, nothing changes.
 FAULT_ENV = "COLORIZE_TEST_FAULT"
 
 
-def _call(stage, batch, fault: bool):
+def _fault(stage) -> str:
+    """'call', 'setup' or '' for ``stage``, from :data:`FAULT_ENV` (read on the driver)."""
+    wanted, name = os.environ.get(FAULT_ENV, ""), type(stage).__name__
+    return "call" if wanted == name else "setup" if wanted == f"{name}.setup" else ""
+
+
+def _setup(stage, fault: str) -> StageError | None:
+    """Set ``stage`` up; what its setup raised, as a StageError (None when it succeeded)."""
+    try:
+        if fault == "setup":
+            raise RuntimeError(f"fault injected by {FAULT_ENV}={type(stage).__name__}.setup")
+        stage.setup()
+    except Exception as exc:
+        return StageError.wrap(f"{type(stage).__name__}.setup", exc)
+    return None
+
+
+def _call(stage, batch, fault: str):
     """A stage on one batch, as a block. What it raises leaves as itself when it is an expected kind (an output
     that cannot be written, a persisting transient failure, a user's mistake), else as a StageError."""
     name = type(stage).__name__
     try:
-        if fault:
+        if fault == "call":
             raise RuntimeError(f"fault injected by {FAULT_ENV}={name}")
         return to_block(stage(batch))
     except (OutputError, TransientError, StageError, UserError):
@@ -89,26 +106,28 @@ def to_block(batch: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(columns)
 
 
-def _run_cpu_stage(batch, stage, fault: bool = False):
+def _run_cpu_stage(batch, stage, fault: str = ""):
     """Task body. CPU stages have trivial setup, so each task sets its (deserialised) copy up."""
-    try:
-        stage.setup()
-    except Exception as exc:
-        raise StageError.wrap(f"{type(stage).__name__}.setup", exc) from None
+    error = _setup(stage, fault)
+    if error is not None:
+        raise error
     return _call(stage, batch, fault)
 
 
 class _ActorStage:
-    """Actor body: holds one set-up stage (a model replica) for its lifetime."""
+    """Actor body: holds one set-up stage (a model replica) for its lifetime.
 
-    def __init__(self, stage, fault: bool = False):
-        try:
-            stage.setup()
-        except Exception as exc:
-            raise StageError.wrap(f"{type(stage).__name__}.setup", exc) from None
+    A setup that fails (weights the worker cannot read, no GPU memory) is raised from the first batch, not
+    from here: an exception in an actor's constructor reaches the driver as an ActorDiedError that carries
+    only text, one raised by a task arrives as itself (and names the stage)."""
+
+    def __init__(self, stage, fault: str = ""):
         self.stage, self.fault = stage, fault
+        self.setup_error = _setup(stage, fault)
 
     def __call__(self, batch):
+        if self.setup_error is not None:
+            raise self.setup_error
         return _call(self.stage, batch, self.fault)
 
 
@@ -182,30 +201,29 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[
     for key, value in FAIL_FAST.items():
         if hasattr(ctx, key):  # every key exists in Ray 2.60; an older Ray lacks the newest
             setattr(ctx, key, value)
-    faulty = os.environ.get(FAULT_ENV, "")
     shards = list(shards)
     ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
     cpu_args: dict[str, Any] = {"num_cpus": res.cpus_per_task}
     if res.cpu_concurrency:
         cpu_args["compute"] = ray.data.TaskPoolStrategy(size=res.cpu_concurrency)
-    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": expand, "fault": faulty == type(expand).__name__},
+    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": expand, "fault": _fault(expand)},
                         batch_size=1, batch_format="numpy", **cpu_args)
     # Declaring the memory a decode needs also keeps Ray Data from fusing decode into the inference
     # actors (it fuses a task stage into a following actor stage whose remote args match, as on
     # CPU-only clusters): decoding must overlap inference, not queue behind it in the same process.
     image_args = {**cpu_args, "memory": cfg.cpu.memory_per_task}
-    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": decode, "fault": faulty == type(decode).__name__},
+    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": decode, "fault": _fault(decode)},
                         batch_size=cfg.cpu.batch_size, batch_format="numpy", **image_args)
     for stage in infer if isinstance(infer, Sequence) else (infer,):
         ds = ds.map_batches(
             _ActorStage,
-            fn_constructor_kwargs={"stage": stage, "fault": faulty == type(stage).__name__},
+            fn_constructor_kwargs={"stage": stage, "fault": _fault(stage)},
             batch_size=cfg.inference.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=res.num_actors, max_size=res.max_actors),
             num_cpus=res.cpus_per_actor,
             num_gpus=res.gpus_per_actor or None,
         )
-    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": compose, "fault": faulty == type(compose).__name__},
+    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": compose, "fault": _fault(compose)},
                         batch_size=cfg.cpu.batch_size, batch_format="numpy", **image_args)
     return ds

@@ -1,7 +1,7 @@
 """Failures that are not about an input never become finished rows (issue 15): an output that cannot be written
 (a file where ``images/`` should be, a store that refuses image writes, a symbolic link planted in the output)
 and an exception nobody expected (injected with the test-only hook ``COLORIZE_TEST_FAULT``, see
-colorize_core/ray_adapter.py) each stop the run with one line on stderr, not exit 0, no marker and no metrics
+colorize_core/ray_adapter.py: in a stage's batches, or in an inference actor's setup) each stop the run with one line on stderr, not exit 0, no marker and no metrics
 for the shards they hit; a plain rerun after the fix produces every image. A corrupt input among good ones is
 still a row, and the run exits 0.
 
@@ -164,7 +164,7 @@ def test_a_read_only_output_folder_stops_the_run(ray_cluster, tmp_path, model, c
     _every_image_ok(str(out), ids)
 
 
-@pytest.mark.parametrize("stage", ["DecodeStage", "InferenceStage", "ComposeStage"])
+@pytest.mark.parametrize("stage", ["DecodeStage", "InferenceStage", "InferenceStage.setup", "ComposeStage"])
 def test_an_exception_in_a_stage_stops_the_run_naming_the_stage(ray_cluster, tmp_path, model, capsys, monkeypatch,
                                                                stage):
     manifest, ids = _inputs(str(tmp_path))
