@@ -11,7 +11,6 @@ command of its own, so that everything it prints is seen.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -106,15 +105,6 @@ def test_a_symlink_planted_in_the_output_is_never_followed(ray_cluster, tmp_path
     assert (code, err) == (job.EXIT_OK, [])
     _every_image_ok(str(out), ids)
     assert list(elsewhere.iterdir()) == []
-
-
-def test_the_output_root_itself_may_be_a_symlink(ray_cluster, tmp_path, model, capsys):
-    manifest, ids = _inputs(str(tmp_path))
-    (tmp_path / "real").mkdir()
-    (tmp_path / "out").symlink_to(tmp_path / "real")
-    code, err = _run(capsys, manifest, str(tmp_path / "out"), model)
-    assert (code, err) == (job.EXIT_OK, [])
-    _every_image_ok(str(tmp_path / "real"), ids)
 
 
 def test_a_store_that_refuses_image_writes_stops_the_run_and_a_plain_rerun_finishes(ray_cluster, s3_server,
@@ -212,7 +202,8 @@ def test_a_corrupt_input_among_good_ones_is_a_row_and_the_run_exits_0(ray_cluste
 
 @pytest.mark.slow
 def test_as_a_command_the_failure_is_one_line_on_stderr_and_nothing_else(tmp_path, model):
-    """The job as users start it (its own Ray): stderr holds the one line, no Ray noise, no traceback."""
+    """The job as users start it (its own Ray): stderr holds the one line, no Ray noise, no traceback. (The
+    rerun after the fix is the in-process tests' part.)"""
     manifest, ids = _inputs(str(tmp_path))
     out = tmp_path / "out"
     out.mkdir()
@@ -227,7 +218,3 @@ def test_as_a_command_the_failure_is_one_line_on_stderr_and_nothing_else(tmp_pat
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {out}/images/"), proc.stderr
     assert not (out / "_state" / "completions").exists() or not list((out / "_state" / "completions").iterdir())
-    (out / "images").unlink()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["ok"] == N
