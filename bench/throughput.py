@@ -45,16 +45,9 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.memory import Sampler  # noqa: E402
-from colorize_core import imageio, metrics, storage  # noqa: E402
+from colorize_core import imageio, metrics, render, storage  # noqa: E402
 from colorize_core.models import create_model, load_model  # noqa: E402
-from colorize_core.stages import (  # noqa: E402
-    InferenceStage,
-    compose_image,
-    cpu_supports_bf16,
-    decode_reduced,
-    model_input_l,
-    write_and_read_back,
-)
+from colorize_core.stages import InferenceStage, cpu_supports_bf16, write_and_read_back  # noqa: E402
 
 SIZE_CLASSES_MP = (0.25, 0.75, 1.5, 2.25, 3.75)  # mean 1.7 MP
 
@@ -159,8 +152,9 @@ def write_manifest(path: Path, paths: list[Path], rows: int) -> Path:
 # --------------------------------------------------------------------------- per-stage CPU cost
 
 
-def stage_costs(paths, module, input_size, out: Path) -> dict[str, float]:
-    """CPU ms per megapixel of each CPU stage on one core (torch single-threaded, like a Ray CPU task)."""
+def stage_costs(paths, module, pre, out: Path) -> dict[str, float]:
+    """CPU ms per megapixel of each CPU stage on one core (torch single-threaded, like a Ray CPU task), on the
+    job's own path (colorize_core.render) with the weights' preprocessing ``pre``."""
     torch.set_num_threads(1)
     options = storage.StorageOptions()
     totals = dict.fromkeys(("decode/L (reduced)", "full decode", "compose", "encode+write+read-back", "score"),
@@ -169,17 +163,18 @@ def stage_costs(paths, module, input_size, out: Path) -> dict[str, float]:
     for p in paths:
         clock = time.process_time()
         data_bytes = storage.read_bytes(str(p), options)
-        small, geometry = decode_reduced(data_bytes, input_size, imageio.DEFAULT_MAX_PIXELS)
-        l_model = model_input_l(small, input_size)
+        small, geometry = render.decode_reduced(data_bytes, pre.input_size, imageio.DEFAULT_MAX_PIXELS)
+        l_model = pre.model_l(small)
         t1 = time.process_time()
         source = imageio.decode_image(storage.read_bytes(str(p), options))
         t2 = time.process_time()
         with torch.no_grad():
             ab = module(torch.from_numpy(l_model)[None, None])[0].numpy()
         t3 = time.process_time()
-        rgb = compose_image(source.rgb, ab, is_gray=source.is_gray)
+        rgb = render.compose(source.rgb, ab, pre, is_gray=source.is_gray)
         t4 = time.process_time()
-        result = write_and_read_back(rgb, str(out / p.name), "jpeg", 95, options, imageio.DEFAULT_MAX_PIXELS)
+        result = write_and_read_back(rgb, str(out / p.name), "jpeg", 95, options, imageio.DEFAULT_MAX_PIXELS,
+                                     str(out))
         t5 = time.process_time()
         metrics.compute_metrics(result, None)
         t6 = time.process_time()
@@ -207,7 +202,7 @@ def bench_model(name: str, paths: list[Path], tmp: Path, args) -> dict:
     size = info.input_size
     loop_ips, loop_out = per_image_loop(paths[: args.loop_images], module, size, tmp / f"loop-{name}")
     forward_ips, precision = forward_only(name, weights, size, args.forward_batches)
-    costs = stage_costs(paths, module, size, tmp / f"stages-{name}")
+    costs = stage_costs(paths, module, info.preprocessing, tmp / f"stages-{name}")
 
     sampler = Sampler()
     sampler.start()

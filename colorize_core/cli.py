@@ -5,8 +5,8 @@
     colorize run ...            (same flags as python -m jobs.colorize)
     colorize models             (the registry)
 
-It does what single-image colorization scripts do, on the library's batched path: decode any archive
-format, model-size L, batched forward, ab upsampled onto the original full-resolution L.
+It does what single-image colorization scripts do, on the job's own path (:mod:`colorize_core.render`): decode
+any archive format, model-size L, batched forward, ab upsampled onto the original full-resolution L.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from . import color, imageio, metrics, storage
+from . import imageio, metrics, render, storage
 from .errors import UserError
 from .models.checkpoint import is_checkpoint_uri
-from .stages import compose, to_uint8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
 
@@ -37,15 +35,9 @@ class Colorizer:
         self.saturation = saturation
         self.batch_size = batch_size
 
-    @torch.inference_mode()
     def __call__(self, images: list[imageio.DecodedImage]) -> list[np.ndarray]:
-        out = []
-        for s in range(0, len(images), self.batch_size):
-            chunk = images[s: s + self.batch_size]
-            l = np.stack([self.info.preprocessing.model_l(im.rgb) for im in chunk])[:, None]
-            ab = self.module(torch.from_numpy(l)).float().numpy()
-            out += [compose(color.srgb_to_l(im.rgb), a, self.saturation) for im, a in zip(chunk, ab)]
-        return out
+        return render.colorize(self.module, images, self.info.preprocessing, saturation=self.saturation,
+                               batch_size=self.batch_size)
 
 
 def _decode_path(path: Path, max_pixels: int) -> imageio.DecodedImage:
@@ -67,9 +59,8 @@ def compare_figure(path: Path, name: str, source: imageio.DecodedImage, outputs:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    original = to_uint8(source.rgb)
-    l_full = color.srgb_to_l(source.rgb)
-    gray = color.lab_to_srgb_uint8(np.stack([l_full, np.zeros_like(l_full), np.zeros_like(l_full)], -1))
+    original = imageio.to_uint8(source.rgb)
+    gray = render.gray(source.rgb, is_gray=source.is_gray)
     panels = ([("original", original)] if not source.is_gray else []) + [("grayscale input", gray)]
     for model, rgb in outputs.items():
         title = model
@@ -157,8 +148,12 @@ def _weights_for(model: str, spec: str | None, n_models: int) -> str | None:
     if spec is None:
         return None
     if "=" in spec:
-        pairs = dict(item.split("=", 1) for item in spec.split(",") if item)
-        return pairs.get(model)
+        items = [item.split("=", 1) for item in spec.split(",") if item]
+        bad = [sep for sep in items if len(sep) != 2 or not all(sep)]
+        if bad:
+            raise UserError(f"--weights {spec!r}: give name=URI pairs separated by commas (e.g. "
+                            f"eccv16=official,ours=s3://bucket/w.pth)")
+        return dict(items).get(model)
     if n_models == 1:
         return spec
     if spec == "official":

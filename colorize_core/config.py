@@ -143,7 +143,11 @@ class ColorizeConfig(JobConfig):
     overwrite: bool = Field(False, description="Ignore previous progress and redo every image.")
     retry_errors: bool = Field(False, description="Try rows that earlier runs recorded as errors again (after "
                                "the cause was fixed); each image keeps one current metrics row.")
-    max_error_fraction: float = Field(1.0, ge=0, le=1, description="Exit non-zero above this error fraction.")
+    max_error_fraction: float = Field(0.1, ge=0, le=1, description="Exit 3 when more than this fraction of the "
+                                      "processed rows are errors. A few percent of corrupt, missing or refused "
+                                      "scans is normal in a digitisation run and must not fail it; a systemic "
+                                      "fault (a wrong prefix or format, no access) shows as far more. A run in "
+                                      "which no row succeeded never exits 0, whatever this is.")
     limit: int | None = Field(None, ge=1, description="Process at most this many manifest rows (smoke runs).")
 
 
@@ -161,7 +165,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     return data
 
 

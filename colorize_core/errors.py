@@ -6,8 +6,14 @@
 * Transient failures (connection errors, timeouts, HTTP 5xx, throttling): retried with bounded backoff where
   they happen (:mod:`colorize_core.storage`); if they persist the row is marked ``status='transient'``, never
   ``'error'``: its shard is not marked complete, and a plain rerun finishes it.
-* Permanent per-image failures (404, 403 on one object, an undecodable image): ``status='error'`` rows with a
-  one-line reason, as always.
+* :class:`InputError`: a failure about one input (its source or reference missing or forbidden, undecodable,
+  a refused format, too large, a bad hint, a reference of the wrong size): ``status='error'`` rows with a
+  one-line reason; the job goes on. Decode's :class:`~colorize_core.imageio.ImageDecodeError` is one.
+
+Anything else is not a row's result. :class:`OutputError` (an output or metrics file that cannot be written) and
+every exception the code did not expect propagate out of the stage: the run stops, shards in flight get no marker
+and no error rows, and the job prints one line naming the cause (:func:`colorize_core.launch.main_wrapper`). So a
+full disk, a refusing store or a bug never leaves "done" behind, and a plain rerun after the fix finishes it all.
 """
 
 from __future__ import annotations
@@ -29,6 +35,44 @@ class UnknownNameError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError's own __str__ would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class _Message(Exception):
+    """An exception whose text survives Ray: Ray Data appends retry advice to ``args[0]`` of an exception raised
+    in a map function, so the text lives in an attribute that unpickling restores."""
+
+    def __init__(self, message: str, *rest) -> None:
+        super().__init__(message, *rest)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(_Message):
+    """A failure about one input, the reason of that row's ``status='error'``; ``str(exc)`` is that reason."""
+
+
+class OutputError(_Message):
+    """An output (image, metrics, marker, summary) that cannot be written: never a row's result, the run stops.
+    ``str(exc)`` names the target, the cause and what to do."""
+
+
+class StageError(_Message):
+    """An exception a stage did not expect, as it reaches the driver: the stage's name, the exception's type and
+    message, and the worker's traceback (printed with ``--verbose``). The original exception is not sent, as the
+    driver may not be able to unpickle it."""
+
+    def __init__(self, message: str, stage: str = "", kind: str = "", details: str = "") -> None:
+        super().__init__(message, stage, kind, details)
+        self.stage, self.kind, self.details = stage, kind, details
+
+    @classmethod
+    def wrap(cls, stage: str, exc: BaseException) -> "StageError":
+        import traceback
+
+        text = str(exc).strip().splitlines()
+        return cls(text[0] if text else "", stage, type(exc).__name__, "".join(traceback.format_exception(exc)))
 
 
 class TransientError(OSError):
@@ -72,6 +116,18 @@ def _error_code(exc: BaseException) -> str | None:
         code = response.get("Error", {}).get("Code")
         if isinstance(code, str):
             return code
+    return None
+
+
+def row_status(exc: BaseException) -> str | None:
+    """The status a failure gives its row: ERROR for one about the input, TRANSIENT for a retryable one that
+    persisted, None for everything else (an OutputError, a bug), which the caller re-raises."""
+    if isinstance(exc, OutputError | StageError):
+        return None
+    if isinstance(exc, InputError):
+        return ERROR
+    if is_transient(exc):
+        return TRANSIENT
     return None
 
 

@@ -57,6 +57,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FORMAT_EXTENSIONS",
@@ -65,6 +67,7 @@ __all__ = [
     "decode_image",
     "encode_image",
     "to_float01",
+    "to_uint8",
 ]
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -131,8 +134,9 @@ _OTHER_MAGIC = [
 ]
 
 
-class ImageDecodeError(ValueError):
-    """A file that cannot be turned into pixels; `str(err)` is one short line."""
+class ImageDecodeError(InputError, ValueError):
+    """A file that cannot be turned into pixels; `str(err)` is one short line. An input failure: its row is
+    ``status='error'`` (see :mod:`colorize_core.errors`)."""
 
     def __init__(self, reason: str):
         super().__init__(_one_line(reason))
@@ -202,6 +206,16 @@ def to_float01(rgb: np.ndarray) -> np.ndarray:
     else:
         raise ValueError(f"to_float01 expects uint8 or uint16, got {rgb.dtype}")
     return rgb.astype(np.float32) * np.float32(1.0 / scale)
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """The one 16 -> 8-bit rounding: ``rint(v / 257)`` (65535 -> 255, exact for values that came from 8 bits);
+    uint8 passes unchanged."""
+    if rgb.dtype == np.uint8:
+        return rgb
+    if rgb.dtype != np.uint16:
+        raise ValueError(f"to_uint8 expects uint8 or uint16, got {rgb.dtype}")
+    return np.rint(rgb.astype(np.float32) / np.float32(257.0)).astype(np.uint8)
 
 
 def encode_image(rgb: np.ndarray, fmt: str = "jpeg", *, quality: int = 95) -> bytes:

@@ -2,8 +2,11 @@
 
 Jobs differ only in what they compute. Each builds its parser from :func:`job_parser` and
 :func:`add_pipeline_flags`, turns flags into its typed config with :func:`load_config`, and runs its body
-through :func:`main_wrapper`, which maps user mistakes (:class:`~colorize_core.errors.UserError`, a bad
-manifest, bad weights, a config that does not validate) to ``error: <one line>`` and exit 1.
+through :func:`main_wrapper`, which ends every run that does not finish with one line on stderr: a user
+mistake (:class:`~colorize_core.errors.UserError` and its kinds: a bad manifest, bad weights, an unknown name,
+a config that does not validate) or an output that cannot be written
+(:class:`~colorize_core.errors.OutputError`) as ``error: <what, and what to do>``, anything else as
+``error: internal error in <stage>: <type>: <message>`` with the traceback under ``--verbose``; exit 1.
 
 Ray is imported here (to start or join a cluster) and in :mod:`colorize_core.ray_adapter` only.
 """
@@ -21,7 +24,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from .errors import UserError
+from .errors import OutputError, StageError, TransientError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_TOO_MANY_ERRORS, EXIT_UNFINISHED = 0, 1, 3, 4
 PACKAGES = ("ray", "torch", "numpy", "pyarrow", "pillow", "scikit-image", "s3fs", "fsspec", "pydantic")
@@ -142,7 +145,9 @@ def quiet_ray_data(verbose: bool = False) -> None:
     ctx.enable_progress_bars = verbose
     ctx.enable_operator_progress_bars = verbose
     if not verbose:
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        # CRITICAL, not ERROR: a failing stage makes Ray Data log the failure (and its traceback) at ERROR, and
+        # the job reports it itself, in one line (main_wrapper).
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
 def package_versions() -> dict[str, str]:
@@ -215,13 +220,14 @@ class Progress:
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
+    """The mistakes a user fixes, printed as one line without a traceback. Not ValueError: the library raises
+    UserError (or a subclass) for a value the user gave, so a ValueError is a bug and shows as one."""
     from pydantic import ValidationError
 
     from .manifest import ManifestError
     from .models import WeightsError
 
-    # ValueError: the library's checks of given values (unsupported URI scheme, bad --weights pairs).
-    return UserError, ManifestError, WeightsError, ValidationError, ValueError
+    return UserError, ManifestError, WeightsError, ValidationError
 
 
 def one_line(exc: BaseException) -> str:
@@ -241,23 +247,47 @@ def one_line(exc: BaseException) -> str:
     return text if isinstance(exc, ManifestError) else (text.splitlines() or [type(exc).__name__])[0]
 
 
-def main_wrapper(body: Callable[[], int], *, verbose: bool = False) -> int:
-    """Run a job's body; user mistakes print ``error: <line>`` and return 1, unfinished rows return 4.
+def unwrap(exc: BaseException) -> BaseException:
+    """The exception a Ray task raised, out of the RayTaskError the driver receives (Ray Data raises the
+    original, see :mod:`colorize_core.ray_adapter`)."""
+    from ray.exceptions import RayTaskError
 
-    A manifest problem may span lines (it names each bad row); every other mistake is one line."""
+    while isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
+        exc = exc.cause
+    return exc
+
+
+def main_wrapper(body: Callable[[], int], *, verbose: bool = False) -> int:
+    """Run a job's body. Whatever stops it ends with ONE line on stderr: ``error: <what, and what to do>`` for
+    user mistakes and outputs that cannot be written (exit 1), unfinished rows (exit 4: a plain rerun finishes
+    them), and ``error: internal error in <stage>: ...`` for an exception nobody expected (exit 1; ``--verbose``
+    adds its traceback). A manifest problem may span lines (it names each bad row)."""
+    import traceback
+
     if not verbose:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     else:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return body()
-    except Unfinished as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNFINISHED
-    except user_error_types() as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
-    except (FileNotFoundError, PermissionError) as exc:
-        # A path the user gave (manifest, weights, output) that cannot be read or written.
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+    except Exception as raised:  # noqa: BLE001 - every way a run stops is reported here, once
+        exc = unwrap(raised)
+        if isinstance(exc, Unfinished):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_UNFINISHED
+        if isinstance(exc, TransientError):
+            print(f"error: {one_line(exc)}; rerun the same command to finish the run", file=sys.stderr)
+            return EXIT_UNFINISHED
+        if isinstance(exc, user_error_types()) or isinstance(exc, OutputError):
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            return EXIT_FAILED
+        if isinstance(exc, StageError):
+            where, kind, message, details = exc.stage, exc.kind, exc.message, exc.details
+        else:
+            where, kind, message = "the driver", type(exc).__name__, (str(exc).strip().splitlines() or [""])[0]
+            details = "".join(traceback.format_exception(raised))
+        if verbose:
+            print(details, file=sys.stderr, end="" if details.endswith("\n") else "\n")
+        hint = "" if verbose else " (rerun with --verbose for the traceback)"
+        print(f"error: internal error in {where}: {kind}: {message}{hint}", file=sys.stderr)
         return EXIT_FAILED

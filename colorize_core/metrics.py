@@ -16,6 +16,7 @@ from skimage.color import deltaE_ciede2000
 from skimage.metrics import structural_similarity
 
 from colorize_core.color import srgb_to_lab
+from colorize_core.schema import SCORES
 
 __all__ = [
     "METRIC_NAMES",
@@ -28,7 +29,7 @@ __all__ = [
     "compute_metrics_batch",
 ]
 
-METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "rmse", "colorfulness", "deltae2000")
+METRIC_NAMES: tuple[str, ...] = SCORES  # declared once, with the metrics table's types, in schema.py
 
 # uint8 images: the peak signal is the full code range, independent of image content
 # (skimage would infer the same from the dtype; passing it explicitly pins it).

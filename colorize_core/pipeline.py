@@ -105,8 +105,8 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     with storage.access_checked(cfg.output):
         resumed = runstate.check_identity(cfg.output, run_identity(cfg, model_info), options,
                                           overwrite=cfg.overwrite)
-    storage.write_bytes(storage.join(cfg.output, "config.json"),
-                        json.dumps(cfg.resolved(), indent=2).encode(), options)
+    storage.write_output(storage.join(cfg.output, "config.json"), json.dumps(cfg.resolved(), indent=2).encode(),
+                         options, root=cfg.output)
 
     # Row groups of shard_rows rows (restaged once if the manifest has others): a shard reads only its rows.
     info = manifest_mod.restage(info, cfg.shard_rows, storage.join(cfg.output, "_state", "manifest"), options)
@@ -132,14 +132,13 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
         columns = tuple(c for c in info.columns if c in manifest_mod.REQUIRED + manifest_mod.OPTIONAL)
         stages = (
             ExpandShards(options, columns),
-            DecodeStage(options, cfg.output, cfg.output_format, model_info.input_size,
-                        model_info.accepts_hints, cfg.hint_radius, cfg.max_pixels, check_existing=resumed,
-                        resize=model_info.preprocessing.resize),
+            DecodeStage(options, cfg.output, cfg.output_format, model_info.preprocessing,
+                        model_info.accepts_hints, cfg.hint_radius, cfg.max_pixels, check_existing=resumed),
             InferenceStage(cfg.model, cfg.weights, model_kwargs, options, res.device, cfg.inference.precision,
                            cfg.inference.max_precision_error, cfg.inference.channels_last, res.threads,
                            cfg.inference.batch_size),
-            ComposeStage(options, cfg.output, cfg.output_format, cfg.quality, cfg.saturation,
-                         model_info.name, cfg.max_pixels),
+            ComposeStage(options, cfg.output, model_info.preprocessing, cfg.output_format, cfg.quality,
+                         cfg.saturation, model_info.name, cfg.max_pixels),
         )
         bar = Progress(total, skipped, enabled=progress)
         # One Ray Dataset per wave of shards: the driver's Ray Data bookkeeping (per-block metadata and
@@ -171,7 +170,8 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
         "packages": launch.package_versions(),
         "finished_at": runstate.utc_now(),
     }
-    storage.write_bytes(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2).encode(), options)
+    storage.write_output(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2).encode(), options,
+                         root=cfg.output)
     return summary
 
 
@@ -202,14 +202,20 @@ def drain(ds, expected: dict[str, int], output: str, options, bar: Progress, clo
 
 
 def check_counts(counts: dict[str, int], max_error_fraction: float) -> int:
-    """Exit status from a run's counts: transient rows raise Unfinished (a plain rerun finishes them)."""
+    """Exit status from a run's counts: transient rows raise Unfinished (a plain rerun finishes them); more
+    errors than ``max_error_fraction`` of the processed rows, or no row ok at all (whatever the setting: a run
+    that produced nothing is never a success), return EXIT_TOO_MANY_ERRORS."""
     if counts.get("transient"):
         raise Unfinished(f"{counts['transient']} row(s) hit storage or network failures that outlasted the "
                          f"retries and are not finished; rerun the same command to finish them")
     processed = counts["ok"] + counts["error"]
+    if processed and counts["ok"] == 0:
+        print(f"error: every processed row failed ({counts['error']}/{processed}): look at the metrics' error "
+              f"column (a wrong prefix, format or access?), fix it and rerun with --retry-errors", file=sys.stderr)
+        return EXIT_TOO_MANY_ERRORS
     if processed and counts["error"] / processed > max_error_fraction:
-        print(f"error: {counts['error']}/{processed} rows failed, above --max-error-fraction {max_error_fraction}",
-              file=sys.stderr)
+        print(f"error: {counts['error']}/{processed} rows failed, above --max-error-fraction {max_error_fraction}: "
+              f"look at the metrics' error column; fix the cause and rerun with --retry-errors", file=sys.stderr)
         return EXIT_TOO_MANY_ERRORS
     return EXIT_OK
 

@@ -5,11 +5,19 @@ model replica per actor, with one GPU each when the cluster has GPUs. Resource d
 cluster so the same command fits a laptop and a GPU cluster. Evaluation chains one actor pool per model
 (``build_dataset`` with several inference stages); ``plan_resources(..., pools=k)`` shares the cluster
 between them.
+
+Failures: a stage turns what is about a row's input into that row's result and raises everything else
+(:mod:`colorize_core.stages`). What it raises stops the run at once, and reaches the driver as itself:
+:data:`FAIL_FAST` pins Ray Data to no retries of application errors, no tolerated failed blocks, and the
+original exception rather than Ray's wrapper. An exception nobody expected becomes a
+:class:`~colorize_core.errors.StageError` naming the stage, with the worker's traceback. (Ray still retries
+a task whose worker died: that is a system failure, and re-running a batch is idempotent.)
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -19,7 +27,50 @@ import ray
 from ray.data.extensions import ArrowTensorArray
 
 from .config import ColorizeConfig
+from .errors import OutputError, StageError, TransientError, UserError, is_transient
 from .schema import BATCH_TYPES
+
+# Ray Data settings under which a stage's exception fails the dataset at once, as itself (see the module doc).
+FAIL_FAST = {"max_errored_blocks": 0, "raise_original_map_exception": True, "actor_task_retry_on_errors": False,
+             "retried_map_errors": False, "max_map_retries": 0}
+
+# Test-only fault hook: with COLORIZE_TEST_FAULT=<stage class name> set on the driver when a dataset is built,
+# that stage raises RuntimeError in every batch it is given, inside Ray Data, exactly where a bug in it would;
+# <stage class name>.setup makes its setup() raise instead (tests/test_failures_job.py). Unset, nothing changes.
+FAULT_ENV = "COLORIZE_TEST_FAULT"
+
+
+def _fault(stage) -> str:
+    """'call', 'setup' or '' for ``stage``, from :data:`FAULT_ENV` (read on the driver)."""
+    wanted, name = os.environ.get(FAULT_ENV, ""), type(stage).__name__
+    return "call" if wanted == name else "setup" if wanted == f"{name}.setup" else ""
+
+
+def _setup(stage, fault: str) -> StageError | None:
+    """Set ``stage`` up; what its setup raised, as a StageError (None when it succeeded)."""
+    try:
+        if fault == "setup":
+            raise RuntimeError(f"fault injected by {FAULT_ENV}={type(stage).__name__}.setup")
+        stage.setup()
+    except Exception as exc:
+        return StageError.wrap(f"{type(stage).__name__}.setup", exc)
+    return None
+
+
+def _call(stage, batch, fault: str):
+    """A stage on one batch, as a block. What it raises leaves as itself when it is an expected kind (an output
+    that cannot be written, a persisting transient failure, a user's mistake), else as a StageError."""
+    name = type(stage).__name__
+    try:
+        if fault == "call":
+            raise RuntimeError(f"fault injected by {FAULT_ENV}={name}")
+        return to_block(stage(batch))
+    except (OutputError, TransientError, StageError, UserError):
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise TransientError(f"{name}: {type(exc).__name__}: {exc}") from exc
+        raise StageError.wrap(name, exc) from None
 
 
 def _cell(value: Any, type_: pa.DataType) -> Any:
@@ -55,21 +106,29 @@ def to_block(batch: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(columns)
 
 
-def _run_cpu_stage(batch, stage):
+def _run_cpu_stage(batch, stage, fault: str = ""):
     """Task body. CPU stages have trivial setup, so each task sets its (deserialised) copy up."""
-    stage.setup()
-    return to_block(stage(batch))
+    error = _setup(stage, fault)
+    if error is not None:
+        raise error
+    return _call(stage, batch, fault)
 
 
 class _ActorStage:
-    """Actor body: holds one set-up stage (a model replica) for its lifetime."""
+    """Actor body: holds one set-up stage (a model replica) for its lifetime.
 
-    def __init__(self, stage):
-        stage.setup()
-        self.stage = stage
+    A setup that fails (weights the worker cannot read, no GPU memory) is raised from the first batch, not
+    from here: an exception in an actor's constructor reaches the driver as an ActorDiedError that carries
+    only text, one raised by a task arrives as itself (and names the stage)."""
+
+    def __init__(self, stage, fault: str = ""):
+        self.stage, self.fault = stage, fault
+        self.setup_error = _setup(stage, fault)
 
     def __call__(self, batch):
-        return to_block(self.stage(batch))
+        if self.setup_error is not None:
+            raise self.setup_error
+        return _call(self.stage, batch, self.fault)
 
 
 @dataclass(frozen=True)
@@ -136,29 +195,35 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[
 
     ``infer`` is one inference stage or several (evaluation): each gets its own actor pool, chained,
     each adding its own ab column to the batch."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    for key, value in FAIL_FAST.items():
+        if hasattr(ctx, key):  # every key exists in Ray 2.60; an older Ray lacks the newest
+            setattr(ctx, key, value)
     shards = list(shards)
     ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
     cpu_args: dict[str, Any] = {"num_cpus": res.cpus_per_task}
     if res.cpu_concurrency:
         cpu_args["compute"] = ray.data.TaskPoolStrategy(size=res.cpu_concurrency)
-    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": expand}, batch_size=1, batch_format="numpy",
-                        **cpu_args)
+    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": expand, "fault": _fault(expand)},
+                        batch_size=1, batch_format="numpy", **cpu_args)
     # Declaring the memory a decode needs also keeps Ray Data from fusing decode into the inference
     # actors (it fuses a task stage into a following actor stage whose remote args match, as on
     # CPU-only clusters): decoding must overlap inference, not queue behind it in the same process.
     image_args = {**cpu_args, "memory": cfg.cpu.memory_per_task}
-    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": decode}, batch_size=cfg.cpu.batch_size,
-                        batch_format="numpy", **image_args)
+    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": decode, "fault": _fault(decode)},
+                        batch_size=cfg.cpu.batch_size, batch_format="numpy", **image_args)
     for stage in infer if isinstance(infer, Sequence) else (infer,):
         ds = ds.map_batches(
             _ActorStage,
-            fn_constructor_kwargs={"stage": stage},
+            fn_constructor_kwargs={"stage": stage, "fault": _fault(stage)},
             batch_size=cfg.inference.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=res.num_actors, max_size=res.max_actors),
             num_cpus=res.cpus_per_actor,
             num_gpus=res.gpus_per_actor or None,
         )
-    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": compose}, batch_size=cfg.cpu.batch_size,
-                        batch_format="numpy", **image_args)
+    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": compose, "fault": _fault(compose)},
+                        batch_size=cfg.cpu.batch_size, batch_format="numpy", **image_args)
     return ds

@@ -67,7 +67,7 @@ def check_identity(output: str, identity: dict[str, Any], options, *, overwrite:
         shown = ", ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in diff.items())
         raise UserError(f"{output} holds a run with other settings ({shown}); use --overwrite to redo it, "
                         f"or another --output")
-    storage.write_bytes(uri, json.dumps(identity, sort_keys=True).encode(), options)
+    storage.write_output(uri, json.dumps(identity, sort_keys=True).encode(), options, root=output)
     return previous is not None
 
 
@@ -106,7 +106,7 @@ def mark_complete(output: str, shard_id: str, rows: list[dict[str, Any]], option
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     body = {"rows": len(rows), **counts, "finished_at": utc_now()}
-    storage.write_bytes(_marker(output, shard_id, len(rows)), json.dumps(body).encode(), options)
+    storage.write_output(_marker(output, shard_id, len(rows)), json.dumps(body).encode(), options, root=output)
     old = known.get(shard_id) if known is not None else None
     if known is None:
         for uri in storage.list_files(state_uri(output, MARKERS), options, suffix=".done"):
@@ -140,8 +140,9 @@ def metrics_table(rows: list[dict[str, Any]]) -> pa.Table:
 def finish_shard(output: str, shard_id: str, rows: list[dict[str, Any]], options,
                  known: dict[str, int] | None = None) -> bool:
     """Metrics first, then the marker: a marker only ever stands beside a complete metrics file. A shard
-    with a transient row gets its metrics (the good rows are kept) but no marker. Returns whether marked."""
-    storage.write_parquet_table(metrics_table(rows), metrics_uri(output, shard_id), options)
+    with a transient row gets its metrics (the good rows are kept) but no marker. Returns whether marked.
+    A write that fails is an OutputError (the run stops; the shard stays unmarked, so a rerun redoes it)."""
+    storage.write_output_table(metrics_table(rows), metrics_uri(output, shard_id), options, root=output)
     if any(r["status"] == TRANSIENT for r in rows):
         return False
     mark_complete(output, shard_id, rows, options, known)

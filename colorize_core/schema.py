@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# The scores of one image, as colorize_core.metrics.compute_metrics returns them (metrics.METRIC_NAMES).
+SCORES = ("psnr", "ssim", "rmse", "colorfulness", "deltae2000")
+
 METRICS_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("status", pa.string()), ("error", pa.string()), ("model", pa.string()),
-    ("width", pa.int64()), ("height", pa.int64()), ("psnr", pa.float64()), ("ssim", pa.float64()),
-    ("rmse", pa.float64()), ("colorfulness", pa.float64()), ("deltae2000", pa.float64()),
+    ("width", pa.int64()), ("height", pa.int64()), *((name, pa.float64()) for name in SCORES),
     ("seconds", pa.float64()), ("metrics_against", pa.string()),
 ])
 METRIC_COLUMNS = tuple(METRICS_SCHEMA.names)

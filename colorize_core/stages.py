@@ -6,24 +6,27 @@ code that knows these run inside Ray Data; tests call them on plain dicts.
 
 Data flow, and why (one pass: read -> decode/L -> infer -> compose/encode/score -> write): the CPU
 ``DecodeStage`` fetches each image and decodes it only as far as the model needs (JPEGs at a reduced
-DCT scale, :func:`decode_reduced`), sending onward only the model-size L (256x256 float32 = 256 KiB,
-:func:`model_input_l`); the ``InferenceStage`` returns model-size ab; the CPU ``ComposeStage`` fetches
-the source again (one extra GET, instead of shipping full-resolution pixels through the inference
-actors, which on a real cluster sit on other, GPU, nodes) and does the one full-resolution decode and
-the one full-resolution pass (:func:`compose_image`: L by table for 8-bit gray, ab upsampled and
-converted to sRGB band by band in float32, so memory stays bounded for any scan), then encodes, writes
-and scores the written file. A failure in any row becomes ``status='error'`` with a one-line reason;
-the batch carries on.
+DCT scale, :func:`colorize_core.render.decode_reduced`), sending onward only the model-size L its
+weights' preprocessing asks for (256x256 float32 = 256 KiB); the ``InferenceStage`` returns model-size
+ab; the CPU ``ComposeStage`` fetches the source again (one extra GET, instead of shipping full-resolution
+pixels through the inference actors, which on a real cluster sit on other, GPU, nodes) and does the one
+full-resolution decode and the one full-resolution pass (:func:`colorize_core.render.compose`, the path
+every caller shares), then encodes, writes and scores the written file.
+
+Failures (:mod:`colorize_core.errors`): a failure about a row's input (its source or reference missing,
+forbidden, undecodable, too large, a bad hint) becomes ``status='error'`` with a one-line reason and the
+batch carries on; a transient one that outlasted the retries becomes ``status='transient'``. Anything else,
+a failure to write an output (:class:`~colorize_core.errors.OutputError`) or an exception nobody expected,
+propagates: Ray Data fails the run and no shard in flight is recorded as finished.
 
 Model evaluation (jobs/evaluate.py) reuses the same stages: one ``DecodeStage`` that emits the L of
-every distinct model input size, one ``InferenceStage`` per model (each reads its size's L column and
-adds its own ab column), then ``EvalComposeStage``, which composes, writes and scores every model's
+every distinct model preprocessing, one ``InferenceStage`` per model (each reads its L column and adds
+its own ab column), then ``EvalComposeStage``, which composes, writes and scores every model's
 output (and the ``gray`` baseline, ab = 0) and emits one metrics row per (image, model).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -31,13 +34,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
-from PIL import Image, ImageOps
 
-from . import color, errors, imageio, metrics, storage
+from . import errors, imageio, metrics, render, storage
+from .errors import InputError, OutputError
 from .manifest import Shard, read_shard
 from .models.preprocess import Preprocessing
-from .schema import METRIC_COLUMNS
+from .schema import METRIC_COLUMNS, METRICS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ def short_error(exc: BaseException, prefix: str = "") -> str:
     """A one-line reason for an error row: never a traceback, never unbounded."""
     if isinstance(exc, FileNotFoundError):
         text = f"missing object: {exc.filename or exc}" if getattr(exc, "filename", None) else f"missing object: {exc}"
-    elif isinstance(exc, imageio.ImageDecodeError):
+    elif isinstance(exc, InputError):  # decode's ImageDecodeError included: its message is the reason
         text = str(exc)
     else:
         text = f"{type(exc).__name__}: {exc}"
@@ -74,59 +78,6 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize to ``size`` = (H, W): uint8 stays uint8; 16-bit comes back as float in [0, 1]."""
-    h, w = size
-    if rgb.dtype == np.uint8:
-        return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BICUBIC))
-    # 16-bit: resize each channel in float to keep the precision
-    f = imageio.to_float01(rgb)
-    return np.stack([np.asarray(Image.fromarray(f[..., c], mode="F").resize((w, h), Image.BICUBIC))
-                     for c in range(3)], axis=-1).clip(0, 1)
-
-
-def model_input_l(rgb: np.ndarray, size: tuple[int, int], resize: str = "bicubic") -> np.ndarray:
-    """THE model input: float32 [h, w] L of the image brought to the model's input size as its weights
-    entry's :class:`~colorize_core.models.preprocess.Preprocessing` says (the one definition the CLI and
-    training validation use too). ``rgb`` may be a reduced decode, see :func:`decode_reduced`."""
-    return Preprocessing(tuple(size), resize).model_l(rgb)
-
-
-# A JPEG is decoded for the model at a DCT scale (1/2, 1/4, 1/8) that keeps at least this many times the
-# model's input size on each side, so the bicubic resize to model size still sees a well-sampled image.
-DRAFT_OVERSAMPLE = 2
-
-
-def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(pixels at no less than ``DRAFT_OVERSAMPLE`` x ``size``, the image's full (H, W) as displayed).
-
-    8-bit gray and RGB JPEGs (the archive's bulk) are decoded at a reduced DCT scale (Pillow's draft mode):
-    a fraction of a full decode. Anything else, and any JPEG the fast path does not take, goes through
-    :func:`imageio.decode_image` at full size with its guards and its reasons for bad files."""
-    try:
-        with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
-            if im.format == "JPEG" and im.mode in ("L", "RGB") and im.width * im.height <= max_pixels:
-                side = DRAFT_OVERSAMPLE * max(size)
-                try:
-                    orientation = int(im.getexif().get(0x0112, 1))
-                except Exception:  # noqa: BLE001 - unreadable EXIF keeps the stored orientation
-                    orientation = 1
-                full = (im.width, im.height) if orientation in (5, 6, 7, 8) else (im.height, im.width)
-                im.draft(im.mode, (side, side))
-                im.load()
-                try:
-                    ImageOps.exif_transpose(im, in_place=True)
-                except Exception:  # noqa: BLE001 - as imageio.decode_image: bad EXIF must not cost pixels
-                    pass
-                arr = np.asarray(im.convert("RGB"))
-                if arr.ndim == 3 and arr.shape[2] == 3:
-                    return arr, full
-    except Exception:  # noqa: BLE001 - the full decode below gives the row its reason
-        pass
-    rgb = imageio.decode_image(data, max_pixels=max_pixels).rgb
-    return rgb, (rgb.shape[0], rgb.shape[1])
-
-
 # Evaluation protocols: the geometry an image is scored at. "full" scores the full resolution;
 # the 256 ones are the usual protocols of published colorization results (ImageNet val at 256x256).
 PROTOCOLS = {
@@ -138,24 +89,66 @@ PROTOCOLS = {
 
 def apply_protocol(rgb: np.ndarray, protocol: str) -> np.ndarray:
     """The uint8 image a model is scored against under ``protocol`` (see :data:`PROTOCOLS`)."""
-    rgb = to_uint8(rgb)
+    rgb = imageio.to_uint8(rgb)
     if protocol == "full":
         return rgb
     if protocol == "resize256":
-        return resize_rgb(rgb, (256, 256))
+        return Preprocessing((256, 256), "bicubic").resize_rgb(rgb)
     if protocol == "center_crop256":
         h, w = rgb.shape[:2]
         scale = 256 / min(h, w)
         rh, rw = max(256, round(h * scale)), max(256, round(w * scale))
-        resized = resize_rgb(rgb, (rh, rw))
+        resized = Preprocessing((rh, rw), "bicubic").resize_rgb(rgb)
         top, left = (rh - 256) // 2, (rw - 256) // 2
         return np.ascontiguousarray(resized[top: top + 256, left: left + 256])
     raise ValueError(f"unknown protocol {protocol!r}; one of {', '.join(PROTOCOLS)}")
 
 
-def l_column(size: tuple[int, int]) -> str:
-    """Name of the model-size L column for an extra input size (DecodeStage ``sizes``)."""
-    return f"l_{size[0]}x{size[1]}"
+def l_column(pre: Preprocessing) -> str:
+    """Name of the model-size L column of another model's preprocessing (DecodeStage ``more``): one per input
+    size and resize filter."""
+    return f"l_{pre.input_size[0]}x{pre.input_size[1]}_{pre.resize}"
+
+
+def read_input(uri: str, options: storage.StorageOptions) -> bytes:
+    """A row's source or reference. Missing, forbidden, not a file, too large, a scheme we do not read: about
+    the input (:class:`InputError`). Transient failures that outlasted the retries propagate as they are."""
+    try:
+        return storage.read_bytes(uri, options)
+    except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, storage.NotRegularFileError,
+            storage.TooLargeError, storage.UnsupportedSchemeError) as exc:
+        raise InputError(short_error(exc)) from exc
+
+
+def write_and_read_back(rgb: np.ndarray, key: str, output_format: str, quality: int, options, max_pixels: int,
+                        root: str) -> np.ndarray:
+    """Encode, write under the output ``root``, decode the written bytes: metrics score the delivered file, codec
+    included. A write that fails is an :class:`OutputError` (see :func:`storage.write_output`)."""
+    written = imageio.encode_image(rgb, output_format, quality=quality)
+    storage.write_output(key, written, options, root=root)
+    return imageio.decode_image(written, max_pixels=max_pixels).rgb
+
+
+def read_output(key: str, options: storage.StorageOptions, max_pixels: int) -> imageio.DecodedImage:
+    """An output already written (a resumed run reuses it). Its absence and a file that does not decode are the
+    caller's to judge; any other failure to read it (a folder in the way, no access) is an OutputError."""
+    try:
+        return imageio.decode_image(storage.read_bytes(key, options), max_pixels=max_pixels)
+    except (FileNotFoundError, imageio.ImageDecodeError, storage.NotRegularFileError, storage.TooLargeError):
+        raise
+    except Exception as exc:
+        if errors.is_transient(exc):
+            raise
+        raise OutputError(f"cannot read the existing output {storage.redact_uri(key)} ({short_error(exc)}); free "
+                          f"the output location and rerun the same command") from exc
+
+
+def _row_failure(exc: Exception) -> tuple[str, str]:
+    """(status, reason) of a failure that is its row's result; anything else is re-raised by the caller."""
+    status = errors.row_status(exc)
+    if status is None:
+        raise exc
+    return status, short_error(exc)
 
 
 def paint_hints(hints: Any, size: tuple[int, int], radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,12 +167,6 @@ def paint_hints(hints: Any, size: tuple[int, int], radius: int) -> tuple[np.ndar
         ab[0, ys, xs], ab[1, ys, xs] = float(hint["a"]), float(hint["b"])
         mask[0, ys, xs] = 1.0
     return ab, mask
-
-
-def to_uint8(rgb: np.ndarray) -> np.ndarray:
-    if rgb.dtype == np.uint8:
-        return rgb
-    return np.clip(np.rint(rgb.astype(np.float32) / 257.0), 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -211,41 +198,38 @@ class DecodeStage:
     exists, decodes and has the source's geometry is marked ``reuse`` (no L): the compose stage scores
     that file instead; any other file at the key is redone and overwritten.
 
-    ``l`` is the L at ``input_size``; each other size in ``sizes`` adds an ``l_<h>x<w>`` column (see
-    :meth:`column`), so models of different input sizes share one decode. ``protocol`` is applied to
-    the decoded image first (evaluation; the colorize job keeps ``full``)."""
+    ``l`` is the L the weights' ``preprocessing`` asks for; each other preprocessing in ``more`` (evaluation:
+    the other models) adds an ``l_<h>x<w>_<resize>`` column (see :meth:`column`), so models share one decode.
+    ``protocol`` is applied to the decoded image first (evaluation; the colorize job keeps ``full``)."""
 
     options: storage.StorageOptions
     output: str
     output_format: str
-    input_size: tuple[int, int]
+    preprocessing: Preprocessing
     accepts_hints: bool = False
     hint_radius: int = 2
     max_pixels: int = imageio.DEFAULT_MAX_PIXELS
     check_existing: bool = False
-    sizes: tuple[tuple[int, int], ...] = ()
+    more: tuple[Preprocessing, ...] = ()
     protocol: str = "full"
-    resize: str = "bicubic"  # the weights entry's Preprocessing.resize
 
     def setup(self) -> None:
         pass
 
-    def column(self, size: tuple[int, int]) -> str:
-        """The batch column holding the model-size L for ``size``."""
-        return "l" if tuple(size) == tuple(self.input_size) else l_column(size)
-
-    def all_sizes(self) -> list[tuple[int, int]]:
-        return [tuple(self.input_size), *(tuple(s) for s in self.sizes)]
+    def column(self, pre: Preprocessing) -> str:
+        """The batch column holding the model-size L for ``pre``."""
+        same = (pre.input_size, pre.resize) == (self.preprocessing.input_size, self.preprocessing.resize)
+        return "l" if same else l_column(pre)
 
     def _reusable(self, image_id: str, geometry: tuple[int, int]) -> bool:
         """An output already at the row's key is reused only if it decodes and has the source's geometry;
         a truncated or foreign file is colorized again (and overwritten)."""
         key = output_key(self.output, image_id, self.output_format)
         try:
-            existing = imageio.decode_image(storage.read_bytes(key, self.options), max_pixels=self.max_pixels)
+            existing = read_output(key, self.options, self.max_pixels)
         except FileNotFoundError:
             return False
-        except Exception as exc:  # noqa: BLE001 - unreadable: redo it
+        except (imageio.ImageDecodeError, storage.NotRegularFileError, storage.TooLargeError) as exc:
             log.warning("redoing %s: the existing output does not decode (%s)", key, short_error(exc))
             return False
         if existing.rgb.shape[:2] != tuple(geometry):
@@ -256,10 +240,12 @@ class DecodeStage:
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["image_id"])
-        h, w = self.input_size
+        pre = self.preprocessing
+        h, w = pre.input_size
         l_model = np.zeros((n, 1, h, w), np.float32)
-        extra = {l_column(s): np.zeros((n, 1, *s), np.float32)
-                 for s in dict.fromkeys(tuple(s) for s in self.sizes) if s != tuple(self.input_size)}
+        extra = {self.column(p): p for p in self.more if self.column(p) != "l"}
+        extra_l = {name: np.zeros((n, 1, *p.input_size), np.float32) for name, p in extra.items()}
+        largest = max((pre.input_size, *(p.input_size for p in extra.values())), key=max)
         hint_ab = np.zeros((n, 2, h, w), np.float32) if self.accepts_hints else None
         hint_mask = np.zeros((n, 1, h, w), np.float32) if self.accepts_hints else None
         status, error, reuse, seconds = [], [], np.zeros(n, bool), np.zeros(n, np.float64)
@@ -267,28 +253,29 @@ class DecodeStage:
             t0 = time.perf_counter()
             image_id, uri = batch["image_id"][i], batch["uri"][i]
             try:
-                data = storage.read_bytes(uri, self.options)
+                data = read_input(uri, self.options)
                 if self.protocol == "full":
-                    rgb, geometry = decode_reduced(data, max(self.all_sizes(), key=max), self.max_pixels)
+                    rgb, geometry = render.decode_reduced(data, largest, self.max_pixels)
                 else:
                     rgb = apply_protocol(imageio.decode_image(data, max_pixels=self.max_pixels).rgb, self.protocol)
                     geometry = rgb.shape[:2]
                 if self.check_existing and self._reusable(image_id, geometry):
                     reuse[i] = True
                 else:
-                    l_model[i, 0] = model_input_l(rgb, self.input_size, self.resize)
-                    for name, column in extra.items():
-                        column[i, 0] = model_input_l(rgb, column.shape[-2:], self.resize)
+                    l_model[i, 0] = pre.model_l(rgb)
+                    for name, p in extra.items():
+                        extra_l[name][i, 0] = p.model_l(rgb)
                     if self.accepts_hints and "hints" in batch:
-                        hint_ab[i], hint_mask[i] = paint_hints(batch["hints"][i], self.input_size, self.hint_radius)
-                status.append("ok")
+                        hint_ab[i], hint_mask[i] = render.hint_maps(batch["hints"][i], pre, self.hint_radius)
+                status.append(errors.OK)
                 error.append(None)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes this row's error
-                status.append(errors.TRANSIENT if errors.is_transient(exc) else errors.ERROR)
-                error.append(short_error(exc))
+            except Exception as exc:  # noqa: BLE001 - a failure about the input is this row's result; others raise
+                row_status, reason = _row_failure(exc)
+                status.append(row_status)
+                error.append(reason)
             seconds[i] = time.perf_counter() - t0
         out = {k: v for k, v in batch.items() if k != "hints"}
-        out.update(l=l_model, **extra, status=_obj_column(status), error=_obj_column(error), reuse=reuse,
+        out.update(l=l_model, **extra_l, status=_obj_column(status), error=_obj_column(error), reuse=reuse,
                    seconds=seconds)
         if self.accepts_hints:
             out.update(hint_ab=hint_ab, hint_mask=hint_mask)
@@ -442,83 +429,13 @@ class InferenceStage:
         return out
 
 
-# Rows of the full-resolution image composed at a time: bounds every temporary (a 100 MP scan included) to a
-# few cache-sized float32 planes, whatever the image size.
-COMPOSE_CHUNK_PIXELS = 1 << 16
-
-
-def _bilinear_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of a 1-D bilinear resize, as torch's interpolate(align_corners=False)."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0, None)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0).astype(np.float32)
-
-
-def _compose_rows(l_rows, height: int, width: int, ab_model: np.ndarray, saturation: float,
-                  exact: bool = False) -> np.ndarray:
-    """The one full-resolution pass: for each band of rows, L (from ``l_rows(start, stop)``), ab upsampled
-    bilinearly (separable, as ``interpolate(mode="bilinear", align_corners=False)``: across once at model
-    height, then down per band with one lerp), Lab -> sRGB uint8."""
-    ab = torch.from_numpy(np.array(ab_model, dtype=np.float32))  # a writable copy
-    if saturation != 1.0:
-        ab *= saturation
-    h = ab.shape[-2]
-    ab_x = torch.nn.functional.interpolate(ab[None], size=(h, width), mode="bilinear", align_corners=False)[0]
-    y0, y1, wy = (torch.from_numpy(v) for v in _bilinear_weights(height, h))
-    out = np.empty((height, width, 3), np.uint8)
-    band = max(1, COMPOSE_CHUNK_PIXELS // max(width, 1))
-    for s in range(0, height, band):
-        e = min(height, s + band)
-        ab_band = torch.lerp(ab_x.index_select(1, y0[s:e]), ab_x.index_select(1, y1[s:e]), wy[None, s:e, None])
-        a, b = ab_band.reshape(2, -1).numpy()
-        light = np.ascontiguousarray(l_rows(s, e), dtype=np.float32).reshape(-1)
-        if exact:
-            out[s:e] = color.lab_to_srgb_uint8(np.stack([light, a, b], axis=-1)).reshape(e - s, width, 3)
-        else:
-            color.lab_planes_to_srgb_uint8(light, a, b, out[s:e].reshape(-1, 3))
-    return out
-
-
-def compose(l_full: np.ndarray, ab_model: np.ndarray, saturation: float = 1.0, exact: bool = False) -> np.ndarray:
-    """Full-resolution L [H,W] + model-size ab [2,h,w] -> sRGB uint8 [H,W,3].
-
-    ab is upsampled bilinearly; the original L is kept untouched, so the output's luminance and
-    geometry are the input's. ``exact`` converts with :func:`color.lab_to_srgb_uint8` (bit for bit)
-    instead of the table-encoded fast path (within one code of it): evaluation scores use it."""
-    H, W = l_full.shape
-    return _compose_rows(lambda s, e: l_full[s:e], H, W, ab_model, saturation, exact)
-
-
-def full_l_rows(rgb: np.ndarray, is_gray: bool):
-    """``(start, stop) -> L of those rows``: a 256-entry table for 8-bit gray, else :func:`color.srgb_to_l`
-    per band, so no full-resolution float image is ever held."""
-    if is_gray and rgb.dtype == np.uint8:
-        lut = color.gray_l_lut()
-        return lambda s, e: np.take(lut, rgb[s:e, :, 0])
-    return lambda s, e: color.srgb_to_l(rgb[s:e])
-
-
-def compose_image(rgb: np.ndarray, ab_model: np.ndarray, saturation: float = 1.0, is_gray: bool = False) -> np.ndarray:
-    """:func:`compose` straight from the decoded source (uint8/uint16 [H,W,3]), L computed band by band."""
-    return _compose_rows(full_l_rows(rgb, is_gray), rgb.shape[0], rgb.shape[1], ab_model, saturation)
-
-
-def write_and_read_back(rgb: np.ndarray, key: str, output_format: str, quality: int, options,
-                        max_pixels: int) -> np.ndarray:
-    """Encode, write, decode the written bytes: metrics score the delivered file, codec included."""
-    written = imageio.encode_image(rgb, output_format, quality=quality)
-    storage.write_bytes(key, written, options)
-    return imageio.decode_image(written, max_pixels=max_pixels).rgb
-
-
 @dataclass
 class ComposeStage:
     """Full-resolution output, encoded and written, scored from the written file; emits metrics rows."""
 
     options: storage.StorageOptions
     output: str
+    preprocessing: Preprocessing
     output_format: str = "jpeg"
     quality: int = 95
     saturation: float = 1.0
@@ -528,61 +445,86 @@ class ComposeStage:
     def setup(self) -> None:
         pass
 
+    def _existing(self, key: str) -> np.ndarray:
+        """The output the decode stage found reusable; gone or unreadable now, it is the output's problem."""
+        try:
+            return read_output(key, self.options, self.max_pixels).rgb
+        except (FileNotFoundError, imageio.ImageDecodeError, storage.NotRegularFileError, storage.TooLargeError) as exc:
+            raise OutputError(f"cannot read back the existing output {storage.redact_uri(key)} "
+                              f"({short_error(exc)}); rerun the same command") from exc
+
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
         image_id = row["image_id"]
-        source = imageio.decode_image(storage.read_bytes(row["uri"], self.options), max_pixels=self.max_pixels)
+        source = imageio.decode_image(read_input(row["uri"], self.options), max_pixels=self.max_pixels)
         key = output_key(self.output, image_id, self.output_format)
         if row["reuse"]:
-            result = imageio.decode_image(storage.read_bytes(key, self.options), max_pixels=self.max_pixels).rgb
+            result = self._existing(key)
         else:
-            rgb = compose_image(source.rgb, row["ab"], self.saturation, source.is_gray)
-            result = write_and_read_back(rgb, key, self.output_format, self.quality, self.options, self.max_pixels)
+            rgb = render.compose(source.rgb, row["ab"], self.preprocessing, saturation=self.saturation,
+                                 is_gray=source.is_gray)
+            result = write_and_read_back(rgb, key, self.output_format, self.quality, self.options,
+                                         self.max_pixels, self.output)
         ref_uri = _text(row.get("reference_uri"))
         against = None
         reference = None
         if ref_uri:
-            reference = to_uint8(imageio.decode_image(
-                storage.read_bytes(ref_uri, self.options), max_pixels=self.max_pixels).rgb)
+            reference = imageio.to_uint8(imageio.decode_image(
+                read_input(ref_uri, self.options), max_pixels=self.max_pixels).rgb)
             against = "reference_uri"
             if reference.shape != result.shape:
-                raise ValueError(f"reference is {reference.shape[1]}x{reference.shape[0]}, "
+                raise InputError(f"reference is {reference.shape[1]}x{reference.shape[0]}, "
                                  f"input is {result.shape[1]}x{result.shape[0]}")
         elif not source.is_gray:
-            reference, against = to_uint8(source.rgb), "input"
+            reference, against = imageio.to_uint8(source.rgb), "input"
         m = metrics.compute_metrics(result, reference)
         return {**m, "width": source.width, "height": source.height, "metrics_against": against}
 
     def __call__(self, batch: Batch) -> Batch:
-        n = len(batch["image_id"])
-        rows: dict[str, list[Any]] = {c: [] for c in (*METRIC_COLUMNS, "shard_id")}
-        for i in range(n):
+        rows = _metric_rows()
+        for i in range(len(batch["image_id"])):
             t0 = time.perf_counter()
             row = {k: batch[k][i] for k in batch}
             status, error = row["status"], row["error"]
             values: dict[str, Any] = {}
-            if status == "ok":
+            if status == errors.OK:
                 try:
                     values = self._one(row)
-                except Exception as exc:  # noqa: BLE001 - a bad image is a row, not a crash
-                    status, error = errors.TRANSIENT if errors.is_transient(exc) else errors.ERROR, short_error(exc)
-            rows["image_id"].append(row["image_id"])
-            rows["shard_id"].append(row["shard_id"])
-            rows["status"].append(status)
-            rows["error"].append(error)
-            rows["model"].append(self.model_name)
-            rows["seconds"].append(float(row["seconds"]) + time.perf_counter() - t0)
-            for c in ("width", "height", "psnr", "ssim", "rmse", "colorfulness", "deltae2000", "metrics_against"):
-                rows[c].append(values.get(c))
+                except Exception as exc:  # noqa: BLE001 - a bad input is a row; an output failure or a bug raises
+                    status, error = _row_failure(exc)
+            _add_row(rows, row, status, error, self.model_name, float(row["seconds"]) + time.perf_counter() - t0,
+                     values)
         return _metric_batch(rows)
 
 
+# The metrics columns a compose stage fills from the scores (the rest come from the row itself).
+_VALUE_COLUMNS = tuple(c for c in METRIC_COLUMNS if c not in ("image_id", "status", "error", "model", "seconds"))
+
+
+def _metric_rows() -> dict[str, list[Any]]:
+    return {c: [] for c in (*METRIC_COLUMNS, "shard_id")}
+
+
+def _add_row(rows: dict[str, list[Any]], row: dict[str, Any], status: str, error: str | None, model: str,
+             seconds: float, values: dict[str, Any]) -> None:
+    rows["image_id"].append(row["image_id"])
+    rows["shard_id"].append(row["shard_id"])
+    rows["status"].append(status)
+    rows["error"].append(error)
+    rows["model"].append(model)
+    rows["seconds"].append(seconds)
+    for c in _VALUE_COLUMNS:
+        rows[c].append(values.get(c))
+
+
 def _metric_batch(rows: dict[str, list[Any]]) -> Batch:
-    """Metrics rows as typed columns: -1 for a missing size, NaN for a missing score."""
+    """Metrics rows as typed columns (:data:`~colorize_core.schema.METRICS_SCHEMA`): -1 for a missing integer
+    (a size), NaN for a missing score."""
     out: Batch = {}
     for c, vals in rows.items():
-        if c in ("width", "height"):
+        kind = METRICS_SCHEMA.field(c).type if c in METRICS_SCHEMA.names else None
+        if kind == pa.int64():
             out[c] = np.array([-1 if v is None else v for v in vals], np.int64)
-        elif c in ("psnr", "ssim", "rmse", "colorfulness", "deltae2000", "seconds"):
+        elif kind == pa.float64():
             out[c] = np.array([np.nan if v is None else v for v in vals], np.float64)
         else:
             out[c] = _obj_column(vals)
@@ -599,19 +541,22 @@ def eval_output_key(output: str, model: str, image_id: str, fmt: str) -> str:
 
 @dataclass(frozen=True)
 class ScoredModel:
-    """One column of an evaluation: its label and the batch columns its ab and time are in. The gray
-    baseline has neither: its ab is 0, so the output is the input's L alone."""
+    """One column of an evaluation: its label, the batch columns its ab and time are in, and its weights'
+    preprocessing (how its ab is upsampled). The gray baseline has neither: its ab is 0, so the output is the
+    input's L alone."""
 
     label: str
     ab_column: str | None = None
     seconds_column: str | None = None
+    preprocessing: Preprocessing = Preprocessing((1, 1))
 
 
 @dataclass
 class EvalComposeStage:
     """Evaluation: for every image, compose each model's ab with the L of the reference (the colour
-    original under ``protocol``), write it, and score it against the reference with the colorize job's
-    metric code. Emits one metrics row per (image, model), ``metrics_against='input'``."""
+    original under ``protocol``) with the colorize job's own compose, write it, and score it against the
+    reference with the colorize job's metric code. Emits one metrics row per (image, model),
+    ``metrics_against='input'``."""
 
     options: storage.StorageOptions
     output: str
@@ -625,52 +570,40 @@ class EvalComposeStage:
         pass
 
     def _reference(self, uri: str) -> np.ndarray:
-        source = imageio.decode_image(storage.read_bytes(uri, self.options), max_pixels=self.max_pixels)
+        source = imageio.decode_image(read_input(uri, self.options), max_pixels=self.max_pixels)
         if source.is_gray:
-            raise ValueError("not a colour image: a held-out set needs colour originals to score against")
+            raise InputError("not a colour image: a held-out set needs colour originals to score against")
         return apply_protocol(source.rgb, self.protocol)
 
-    def _score(self, model: ScoredModel, row: dict[str, Any], l_full: np.ndarray,
-               reference: np.ndarray) -> dict[str, Any]:
+    def _score(self, model: ScoredModel, row: dict[str, Any], reference: np.ndarray) -> dict[str, Any]:
         ab = row[model.ab_column] if model.ab_column else np.zeros((2, 1, 1), np.float32)
         key = eval_output_key(self.output, model.label, row["image_id"], self.output_format)
-        # Exact Lab -> sRGB: published scores must not move with the job's table rounding (one code, rarely).
-        result = write_and_read_back(compose(l_full, ab, exact=True), key, self.output_format, self.quality,
-                                     self.options, self.max_pixels)
+        rgb = render.compose(reference, ab, model.preprocessing)
+        result = write_and_read_back(rgb, key, self.output_format, self.quality, self.options, self.max_pixels,
+                                     self.output)
         return {**metrics.compute_metrics(result, reference), "width": reference.shape[1],
                 "height": reference.shape[0], "metrics_against": "input"}
 
     def __call__(self, batch: Batch) -> Batch:
-        rows: dict[str, list[Any]] = {c: [] for c in (*METRIC_COLUMNS, "shard_id")}
+        rows = _metric_rows()
         for i in range(len(batch["image_id"])):
             t0 = time.perf_counter()
             row = {k: batch[k][i] for k in batch}
-            reference = l_full = None
-            image_error, image_status = row["error"], row["status"]
-            if row["status"] == "ok":
+            reference = None
+            image_status, image_error = row["status"], row["error"]
+            if image_status == errors.OK:
                 try:
                     reference = self._reference(row["uri"])
-                    l_full = color.srgb_to_l(reference)
-                except Exception as exc:  # noqa: BLE001 - a bad image is a row, not a crash
-                    image_error = short_error(exc)
-                    image_status = errors.TRANSIENT if errors.is_transient(exc) else errors.ERROR
+                except Exception as exc:  # noqa: BLE001 - a bad input is a row; anything else raises
+                    image_status, image_error = _row_failure(exc)
             shared = time.perf_counter() - t0
             for model in self.models:
                 t1 = time.perf_counter()
                 values: dict[str, Any] = {}
-                status, error = ("ok", None) if reference is not None else (image_status, image_error)
+                status, error = image_status, image_error
                 if reference is not None:
-                    try:
-                        values = self._score(model, row, l_full, reference)
-                    except Exception as exc:  # noqa: BLE001 - one model's failure is that row's error
-                        status, error = errors.TRANSIENT if errors.is_transient(exc) else errors.ERROR, short_error(exc)
+                    values = self._score(model, row, reference)
                 inference = float(row[model.seconds_column]) if model.seconds_column else 0.0
-                rows["image_id"].append(row["image_id"])
-                rows["shard_id"].append(row["shard_id"])
-                rows["status"].append(status)
-                rows["error"].append(error)
-                rows["model"].append(model.label)
-                rows["seconds"].append(float(row["seconds"]) + inference + shared + time.perf_counter() - t1)
-                for c in ("width", "height", "psnr", "ssim", "rmse", "colorfulness", "deltae2000", "metrics_against"):
-                    rows[c].append(values.get(c))
+                _add_row(rows, row, status, error, model.label,
+                         float(row["seconds"]) + inference + shared + time.perf_counter() - t1, values)
         return _metric_batch(rows)

@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import TransientError, UserError, is_transient
+from .errors import OutputError, TransientError, UserError, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,15 @@ class NotRegularFileError(OSError):
 
 class TooLargeError(OSError):
     """An object larger than the read limit (``max_bytes``)."""
+
+
+class UnsupportedSchemeError(UserError, ValueError):
+    """A URI whose scheme we do not read or write (``http://``, ``gs://``): a mistake in a flag, or a bad
+    manifest row (that row's error)."""
+
+
+class SymlinkRefusedError(OSError):
+    """A symbolic link planted below an output's root: writes there never follow it."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -232,7 +241,7 @@ def filesystem(uri: str, options: StorageOptions | None = None) -> tuple[fsspec.
     if uri.startswith(_FILE_SCHEME):
         uri = uri[len(_FILE_SCHEME) :]
     if "://" in uri:
-        raise ValueError(f"unsupported URI scheme in {uri!r}: use a local path or s3://bucket/key")
+        raise UnsupportedSchemeError(f"unsupported URI scheme in {uri!r}: use a local path or s3://bucket/key")
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(uri))
 
 
@@ -425,11 +434,19 @@ def _replace_or_discard(tmp: str, path: str, write) -> None:
         raise
 
 
-def write_bytes(uri: str, data: bytes, options: StorageOptions | None = None) -> None:
-    """Write a whole object; readers see the old content or the new, never a part."""
+def write_bytes(uri: str, data: bytes, options: StorageOptions | None = None, *, within: str | None = None) -> None:
+    """Write a whole object; readers see the old content or the new, never a part.
+
+    ``within`` (a local directory above ``uri``, e.g. a job's ``--output``): every folder below it is opened
+    without following symbolic links, so a link planted inside the output (``images/evil -> /elsewhere``)
+    raises :class:`SymlinkRefusedError` instead of sending the file outside. ``within`` itself may be a link
+    (the user's choice). S3 has no links: there it changes nothing."""
     fs, path = filesystem(uri, options)
     if is_s3(uri):
         retrying("write", uri, options, lambda: fs.pipe_file(path, bytes(data)))
+        return
+    if within is not None:
+        _write_below(os.path.abspath(os.path.expanduser(within)), path, data)
         return
 
     def write(tmp: str) -> None:
@@ -437,6 +454,100 @@ def write_bytes(uri: str, data: bytes, options: StorageOptions | None = None) ->
             f.write(data)
 
     _replace_or_discard(_local_atomic_target(path), path, write)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_dir_below(root: str, parts: list[str]) -> int:
+    """A descriptor of ``root/parts...``, each missing folder created, no symbolic link below ``root`` followed
+    (``mkdir`` and ``open`` relative to the parent's descriptor, ``O_NOFOLLOW``)."""
+    os.makedirs(root, exist_ok=True)
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        here = root
+        for name in parts:
+            here = os.path.join(here, name)
+            try:
+                os.mkdir(name, 0o777, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except NotADirectoryError:
+                if stat.S_ISLNK(os.lstat(name, dir_fd=fd).st_mode):
+                    raise SymlinkRefusedError(errno.ELOOP, "a symbolic link inside the output", here) from None
+                raise NotADirectoryError(errno.ENOTDIR, "a file where a folder is needed", here) from None
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _write_below(root: str, path: str, data: bytes) -> None:
+    rel = os.path.relpath(path, root)
+    parts = rel.split(os.sep)
+    if rel.startswith(os.pardir) or os.path.isabs(rel) or not parts[-1]:
+        raise ValueError(f"{path} is not below {root}")
+    fd = _open_dir_below(root, parts[:-1])
+    try:
+        tmp = f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        # 0o666 and the umask, as open(..., "xb") would; O_NOFOLLOW|O_EXCL: never through a planted link.
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                      0o666, dir_fd=fd)
+        try:
+            with os.fdopen(out, "wb", closefd=True) as f:
+                f.write(data)
+            # rename replaces a link at the final name itself; it never writes through it.
+            os.rename(tmp, parts[-1], src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _why_not_written(exc: BaseException) -> str:
+    """What is wrong with an output location, and what to do, for :class:`OutputError`'s one line."""
+    where = f"'{exc.filename}' " if isinstance(exc, OSError) and exc.filename else ""
+    if isinstance(exc, SymlinkRefusedError):
+        return f"{where}is a symbolic link inside the output, which writes never follow; remove it and rerun " \
+               f"the same command"
+    if isinstance(exc, NotADirectoryError):
+        return f"{where}is a file where a folder is needed; move it away and rerun the same command"
+    if isinstance(exc, IsADirectoryError):
+        return f"{where}is a folder where a file is needed; move it away and rerun the same command"
+    if isinstance(exc, PermissionError):
+        on = f" on {where.strip()}" if where else ""
+        return f"permission denied{on}; give the job write access there (or another --output) and rerun the " \
+               f"same command"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device; free space and rerun the same command"
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return "read-only file system; give another --output and rerun the same command"
+    return f"{type(exc).__name__}: {_first_line(exc)}; fix the output location and rerun the same command"
+
+
+def write_output(uri: str, data: bytes, options: StorageOptions | None, *, root: str) -> None:
+    """:func:`write_bytes` into a job's output ``root``: no link below ``root`` is followed, and a failure that
+    is not transient is an :class:`~colorize_core.errors.OutputError` naming the target and what to do (a
+    transient one that outlasted the retries propagates as it is: the row is left for a rerun)."""
+    try:
+        write_bytes(uri, data, options, within=None if is_s3(uri) else root)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        raise OutputError(f"cannot write {redact_uri(uri)}: {_why_not_written(exc)}") from exc
+
+
+def write_output_table(table: pa.Table, uri: str, options: StorageOptions | None, *, root: str) -> None:
+    """One Parquet file into a job's output, as :func:`write_output` writes bytes."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_output(uri, sink.getvalue().to_pybytes(), options, root=root)
 
 
 def exists(uri: str, options: StorageOptions | None = None) -> bool:
@@ -544,7 +655,9 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "NotRegularFileError",
     "StorageOptions",
+    "SymlinkRefusedError",
     "TooLargeError",
+    "UnsupportedSchemeError",
     "access_checked",
     "check_output_uri",
     "redact_uri",
@@ -559,5 +672,7 @@ __all__ = [
     "read_parquet_table",
     "remove",
     "write_bytes",
+    "write_output",
+    "write_output_table",
     "write_parquet_table",
 ]

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import color
+from . import color, render
 from .models.eccv16 import AB_NORM
 from .models.preprocess import Preprocessing
 
@@ -55,11 +55,7 @@ def load_rgb_u8(uri: str, storage_options=None) -> np.ndarray:
     """Decode one image to uint8 RGB [H,W,3] (16-bit sources are rounded to 8 bits)."""
     from . import imageio, storage
 
-    img = imageio.decode_image(storage.read_bytes(uri, storage_options))
-    rgb = img.rgb
-    if rgb.dtype == np.uint16:
-        rgb = np.round(rgb.astype(np.float32) / 257.0).astype(np.uint8)
-    return rgb
+    return imageio.to_uint8(imageio.decode_image(storage.read_bytes(uri, storage_options)).rgb)
 
 
 def rgb_to_lab_chw(rgb_u8: np.ndarray) -> np.ndarray:
@@ -349,26 +345,15 @@ def as_preprocessing(pre: Preprocessing | tuple[int, int]) -> Preprocessing:
     return pre if isinstance(pre, Preprocessing) else Preprocessing(tuple(pre))
 
 
-@torch.no_grad()
 def colorize_rgb(model: nn.Module, rgb_u8: np.ndarray, preprocessing: Preprocessing | tuple[int, int]) -> np.ndarray:
-    """Full-resolution colorization of one image's luminance, as the jobs do it: the model's L from
-    ``preprocessing.model_l`` -> model -> ab upsampled to full size -> joined with the original L ->
-    uint8 sRGB [H,W,3]."""
-    pre = as_preprocessing(preprocessing)
-    lab = torch.from_numpy(rgb_to_lab_chw(rgb_u8))[None]  # [1,3,H,W]
-    l_small = torch.from_numpy(pre.model_l(rgb_u8))[None, None]
-    model.eval()
-    device = next(model.parameters()).device
-    ab = pre.upsample_ab(model(l_small.to(device)).float().cpu(), lab.shape[-2:])
-    out = torch.cat([lab[:, :1], ab], dim=1)[0].permute(1, 2, 0).numpy()
-    return color.lab_to_srgb_uint8(out)
+    """Full-resolution colorization of one image, exactly as the jobs deliver it (:func:`render.colorize`), so
+    training's validation scores are the evaluate job's: uint8 sRGB [H,W,3]."""
+    return render.colorize(model, [rgb_u8], as_preprocessing(preprocessing))[0]
 
 
 def gray_rgb(rgb_u8: np.ndarray) -> np.ndarray:
-    """The gray baseline: the original L with ab = 0."""
-    lab = color.srgb_to_lab(rgb_u8)
-    lab[..., 1:] = 0
-    return color.lab_to_srgb_uint8(lab)
+    """The gray baseline: the original L with ab = 0 (:func:`render.gray`)."""
+    return render.gray(rgb_u8)
 
 
 def evaluate(model: nn.Module | None, images: Iterable[tuple[str, np.ndarray]],

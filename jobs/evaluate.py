@@ -90,17 +90,17 @@ def model_specs(cfg: EvaluateConfig) -> list[tuple[str, str, str | None]]:
             label = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "model"
         weights = cfg.weights.get(label)
         if weights is not None and is_checkpoint_uri(spec):
-            raise ValueError(f"--weights {label}=...: {spec} is a checkpoint directory, which holds its own weights")
+            raise UserError(f"--weights {label}=...: {spec} is a checkpoint directory, which holds its own weights")
         specs.append((label, spec, weights))
     labels = [s[0] for s in specs]
     if GRAY_BASELINE in labels:
-        raise ValueError(f"model label {GRAY_BASELINE!r} is the built-in baseline; it is always scored")
+        raise UserError(f"model label {GRAY_BASELINE!r} is the built-in baseline; it is always scored")
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
-        raise ValueError(f"two --models entries are labelled {dupes}; name them, e.g. a=s3://.../ckpt")
+        raise UserError(f"two --models entries are labelled {dupes}; name them, e.g. a=s3://.../ckpt")
     unknown = sorted(set(cfg.weights) - set(labels))
     if unknown:
-        raise ValueError(f"--weights names {unknown}, which are not in --models {labels}")
+        raise UserError(f"--weights names {unknown}, which are not in --models {labels}")
     return specs
 
 
@@ -129,27 +129,28 @@ def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool =
         raise UserError(f"{cfg.output} holds a colorize job's output; evaluate into another --output")
     for stale in ("metrics", "_state", "report"):
         storage.remove(storage.join(cfg.output, stale), options)
-    storage.write_bytes(storage.join(cfg.output, "config.json"), json.dumps(cfg.resolved(), indent=2).encode(),
-                        options)
+    storage.write_output(storage.join(cfg.output, "config.json"), json.dumps(cfg.resolved(), indent=2).encode(),
+                         options, root=cfg.output)
 
     shards = manifest_mod.plan_shards(info, cfg.shard_rows, cfg.limit)
     n_images = sum(s.num_rows for s in shards)
     per_image = len(models) + 1
     launch.init_ray(ray_address, verbose)
     res = plan_resources(cfg, pools=len(models))
-    sizes = tuple(dict.fromkeys(tuple(m[3].input_size) for m in models))
-    decode = DecodeStage(options, cfg.output, cfg.output_format, sizes[0], max_pixels=cfg.max_pixels,
-                         sizes=sizes, protocol=cfg.protocol)
+    # The models' L as their weights want it (input size and resize filter), one column per distinct one.
+    pres = tuple(m[3].preprocessing for m in models)
+    decode = DecodeStage(options, cfg.output, cfg.output_format, pres[0], max_pixels=cfg.max_pixels, more=pres[1:],
+                         protocol=cfg.protocol)
     infer = []
     for j, (label, spec, weights, model_info) in enumerate(models):
-        column = decode.column(model_info.input_size)
-        later = any(decode.column(m[3].input_size) == column for m in models[j + 1:])
+        column = decode.column(model_info.preprocessing)
+        later = any(decode.column(m[3].preprocessing) == column for m in models[j + 1:])
         infer.append(InferenceStage(spec, weights, {}, options, res.device, cfg.inference.precision,
                                     cfg.inference.max_precision_error, cfg.inference.channels_last, res.threads,
                                     cfg.inference.batch_size, input_column=column, output_column=f"ab_{label}",
                                     seconds_column=f"seconds_{label}", keep_input=later))
     scored = (ScoredModel(GRAY_BASELINE),
-              *(ScoredModel(label, f"ab_{label}", f"seconds_{label}") for label, *_ in models))
+              *(ScoredModel(label, f"ab_{label}", f"seconds_{label}", mi.preprocessing) for label, _, _, mi in models))
     compose = EvalComposeStage(options, cfg.output, scored, cfg.protocol, cfg.output_format, cfg.quality,
                                cfg.max_pixels)
     ds = build_dataset([s.to_dict() for s in shards], ExpandShards(options, manifest_mod.REQUIRED), decode,
@@ -176,8 +177,10 @@ def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool =
         "packages": package_versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
-    storage.write_bytes(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2).encode(), options)
-    storage.write_parquet_table(summary_table(summary), storage.join(cfg.output, "summary.parquet"), options)
+    storage.write_output(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2).encode(), options,
+                         root=cfg.output)
+    storage.write_output_table(summary_table(summary), storage.join(cfg.output, "summary.parquet"), options,
+                               root=cfg.output)
     write_report(cfg, table, summary, options)
     return summary
 
@@ -397,7 +400,8 @@ def write_report(cfg: EvaluateConfig, table: pa.Table, summary: dict[str, Any], 
     """report.html plus report/ (histogram and thumbnails): relative links only, nothing from the network."""
     labels = list(summary["metrics"])
     report = storage.join(cfg.output, "report")
-    storage.write_bytes(storage.join(report, "psnr_hist.png"), psnr_histogram(table, labels), options)
+    storage.write_output(storage.join(report, "psnr_hist.png"), psnr_histogram(table, labels), options,
+                         root=cfg.output)
     sample = choose_sample(table, labels, cfg.sample_size, cfg.seed)
     uris = {}
     if sample:
@@ -413,24 +417,24 @@ def write_report(cfg: EvaluateConfig, table: pa.Table, summary: dict[str, Any], 
         source = imageio.decode_image(storage.read_bytes(uris[image_id], options), max_pixels=cfg.max_pixels)
         cells = [f"<td>{html.escape(image_id)}<br><small>{html.escape(why)}</small></td>",
                  _grid_cell(report, f"img/{n:03d}_original.jpg",
-                            _thumbnail(apply_protocol(source.rgb, cfg.protocol)), "original", options)]
+                            _thumbnail(apply_protocol(source.rgb, cfg.protocol)), "original", options, root=cfg.output)]
         for j, m in enumerate(labels):
             out = imageio.decode_image(storage.read_bytes(
                 eval_output_key(cfg.output, m, image_id, cfg.output_format), options), max_pixels=cfg.max_pixels)
             r = scores[(m, image_id)]
             cells.append(_grid_cell(report, f"img/{n:03d}_{j:02d}.jpg", _thumbnail(out.rgb), m, options,
-                                    f"{_fmt(r['psnr'])} dB / ΔE {_fmt(r['deltae2000'])}"))
+                                    f"{_fmt(r['psnr'])} dB / ΔE {_fmt(r['deltae2000'])}", root=cfg.output))
         lines.append("<tr>" + "".join(cells) + "</tr>")
     grid = f"<table class=grid>{''.join(lines)}</table>" if sample else "<p>No image was scored by every model.</p>"
     page = _PAGE.format(
         n_images=summary["n_images"], manifest=html.escape(cfg.manifest), protocol=html.escape(cfg.protocol),
         protocol_description=html.escape(PROTOCOLS[cfg.protocol]), output_format=cfg.output_format,
         resamples=cfg.bootstrap_resamples, seed=cfg.seed, summary_table=_summary_html(summary), grid=grid)
-    storage.write_bytes(storage.join(cfg.output, "report.html"), page.encode(), options)
+    storage.write_output(storage.join(cfg.output, "report.html"), page.encode(), options, root=cfg.output)
 
 
-def _grid_cell(report: str, name: str, payload: bytes, alt: str, options, caption: str = "") -> str:
-    storage.write_bytes(storage.join(report, name), payload, options)
+def _grid_cell(report: str, name: str, payload: bytes, alt: str, options, caption: str = "", *, root: str) -> str:
+    storage.write_output(storage.join(report, name), payload, options, root=root)
     small = f"<small>{html.escape(caption)}</small>" if caption else ""
     return f'<td><img src="report/{name}" alt="{html.escape(alt)}">{small}</td>'
 
@@ -455,7 +459,7 @@ def _pairs(text: str) -> dict[str, str]:
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
-            raise ValueError(f"--weights entry {item!r} is not name=URI")
+            raise UserError(f"--weights entry {item!r} is not name=URI")
         out[name] = value
     return out
 

@@ -5,6 +5,7 @@ Clients are pointed at the proxy's ``endpoint_url`` instead of the server's. Req
 Faults, each for the next ``n`` matching requests or for a time window:
 
 * ``"503"``: ``503 SlowDown`` (S3's throttling answer), ``"500"``: ``500 InternalError``;
+* ``"403"``: ``403 AccessDenied`` (a store, or a bucket policy, that refuses the request: permanent);
 * ``"reset"``: the connection is closed with a TCP reset before any answer;
 * ``"refuse"``: like an S3 server that is down (reset at once, the request never forwarded).
 
@@ -25,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 _ERRORS = {
     "503": (503, "SlowDown", "Please reduce your request rate."),
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
+    "403": (403, "AccessDenied", "Access Denied"),
 }
 
 
@@ -109,7 +111,7 @@ class FaultProxy:
 
     def fail(self, kind: str, n: int | None = None, *, seconds: float | None = None, match: str = "") -> None:
         """Inject ``kind`` into the next ``n`` matching requests, or into all of them for ``seconds``."""
-        if kind not in ("503", "500", "reset", "refuse"):
+        if kind not in ("503", "500", "403", "reset", "refuse"):
             raise ValueError(f"unknown fault {kind!r}")
         if (n is None) == (seconds is None):
             raise ValueError("give n or seconds")

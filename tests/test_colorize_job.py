@@ -160,9 +160,13 @@ def test_error_fraction_exit_code(ray_cluster, tmp_path):
                                      [{"image_id": k.split(".")[0], "uri": v} for k, v in uris.items()])
     model = jobkit.tiny_checkpoint(str(tmp_path / "ckpt"))
     args = ["--manifest", manifest, "--model", model, "--quiet"]
-    assert job.main([*args, "--output", str(tmp_path / "o1")]) == job.EXIT_OK
-    assert job.main([*args, "--output", str(tmp_path / "o2"), "--max-error-fraction", "0.25"]) == \
-        job.EXIT_TOO_MANY_ERRORS
+    assert job.main([*args, "--output", str(tmp_path / "o1"), "--max-error-fraction", "0.6"]) == job.EXIT_OK
+    # The default (0.1) lets a few percent of bad scans through, not half of them.
+    assert job.main([*args, "--output", str(tmp_path / "o2")]) == job.EXIT_TOO_MANY_ERRORS
+    # A run in which every processed row failed never exits 0, whatever the setting.
+    bad = jobkit.write_manifest(str(tmp_path / "bad.parquet"), [{"image_id": "bad", "uri": uris["bad.jpg"]}])
+    assert job.main(["--manifest", bad, "--model", model, "--quiet", "--output", str(tmp_path / "o3"),
+                     "--max-error-fraction", "1.0"]) == job.EXIT_TOO_MANY_ERRORS
 
 
 def test_rerun_with_other_settings_is_refused(ray_cluster, tmp_path, capsys):

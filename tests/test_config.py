@@ -109,7 +109,7 @@ def test_merge_ignores_none_and_merges_nested():
 
 def test_load_yaml_rejects_non_mapping(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
-    with pytest.raises(ValueError, match="mapping"):
+    with pytest.raises(UserError, match="mapping"):
         load_yaml(tmp_path / "list.yaml")
     (tmp_path / "empty.yaml").write_text("")
     assert load_yaml(tmp_path / "empty.yaml") == {}

@@ -17,9 +17,12 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-from colorize_core import color, storage
+from colorize_core import color, metrics, render, storage
 from colorize_core.config import load_yaml
+from colorize_core.errors import UserError
+from colorize_core.models import load_model
 from colorize_core.models.checkpoint import save_checkpoint
+from colorize_core.models.preprocess import Preprocessing
 from colorize_core.models.registry import get_entry
 from colorize_core.ray_adapter import plan_resources
 from colorize_core.stages import DecodeStage, EvalComposeStage, InferenceStage, ScoredModel, apply_protocol
@@ -30,15 +33,16 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 
 
-def _checkpoint(uri: str, seed: int, size: tuple[int, int], options=None) -> str:
-    """A tiny unet checkpoint with its own input size (jobkit.tiny_checkpoint's are all 64x64)."""
-    if size == (64, 64):
+def _checkpoint(uri: str, seed: int, size: tuple[int, int], options=None, **preprocessing) -> str:
+    """A tiny unet checkpoint with its own input size and preprocessing (jobkit.tiny_checkpoint's are all
+    64x64, bicubic, bilinear)."""
+    if size == (64, 64) and not preprocessing:
         return jobkit.tiny_checkpoint(uri, options, seed=seed)
     torch.manual_seed(seed)
     arguments = {"base_channels": 4, "depth": 2}
     module = get_entry("unet").builder(**arguments).eval()
-    return save_checkpoint(uri, module, architecture="unet", arguments=arguments, input_size=size,
-                           storage_options=options)
+    return save_checkpoint(uri, module, architecture="unet", arguments=arguments,
+                           preprocessing=Preprocessing(size, **preprocessing), storage_options=options)
 
 
 def _inputs(prefix: str, options, n: int = 5) -> tuple[list[dict], dict[str, bytes]]:
@@ -140,13 +144,13 @@ def test_model_labels_and_their_errors():
 
     assert specs(["s3://b/run/ckpt-a/", "b=/tmp/x/ckpt-a"]) == [("ckpt-a", "s3://b/run/ckpt-a/", None),
                                                                 ("b", "/tmp/x/ckpt-a", None)]
-    with pytest.raises(ValueError, match="labelled"):
+    with pytest.raises(UserError, match="labelled"):
         specs(["s3://b/one/ckpt", "/tmp/two/ckpt"])
-    with pytest.raises(ValueError, match="baseline"):
+    with pytest.raises(UserError, match="baseline"):
         specs(["gray"])
-    with pytest.raises(ValueError, match="not in --models"):
+    with pytest.raises(UserError, match="not in --models"):
         specs(["eccv16"], {"siggraph17": "official"})
-    with pytest.raises(ValueError, match="holds its own weights"):
+    with pytest.raises(UserError, match="holds its own weights"):
         specs(["/tmp/ckpt"], {"ckpt": "official"})
 
 
@@ -170,30 +174,37 @@ def test_resources_are_shared_between_model_pools():
 
 
 def test_stages_chain_two_input_sizes_on_plain_dicts(tmp_path):
-    """Decode once with two L sizes, two models side by side, one metrics row per (image, model)."""
+    """Decode once with two models' L (each as its weights' preprocessing says: size and resize filter), two
+    models side by side, each composed with its own ab upsampling, one metrics row per (image, model)."""
     options = storage.StorageOptions.from_env()
     uris = jobkit.put_images(str(tmp_path / "in"), {"a.jpg": jobkit.colour_images(1)[0]})
     batch = {"image_id": np.array(["a", "b"], object), "uri": np.array([uris["a.jpg"], "/nope.jpg"], object),
              "shard_id": np.array(["s", "s"], object)}
     small = _checkpoint(str(tmp_path / "small"), 1, (48, 48))
-    big = jobkit.tiny_checkpoint(str(tmp_path / "big"), seed=2)
-    decode = DecodeStage(options, str(tmp_path / "out"), "png", (48, 48), sizes=((48, 48), (64, 64)))
+    big_pre = Preprocessing((64, 64), resize="lanczos", ab_upsample="bicubic")
+    big = _checkpoint(str(tmp_path / "big"), 2, (64, 64), resize="lanczos", ab_upsample="bicubic")
+    small_pre = load_model(small)[1].preprocessing
+    decode = DecodeStage(options, str(tmp_path / "out"), "png", small_pre, more=(big_pre,))
     batch = decode(batch)
-    assert batch["l"].shape == (2, 1, 48, 48) and batch["l_64x64"].shape == (2, 1, 64, 64)
+    assert batch["l"].shape == (2, 1, 48, 48) and batch["l_64x64_lanczos"].shape == (2, 1, 64, 64)
+    source = jobkit.decode(uris["a.jpg"])
+    np.testing.assert_array_equal(batch["l_64x64_lanczos"][0, 0], big_pre.model_l(source))  # its resize filter
     assert list(batch["status"]) == ["ok", "error"]
-    for label, uri, column, keep in (("small", small, "l", True), ("big", big, "l_64x64", False)):
+    for label, uri, column, keep in (("small", small, "l", True), ("big", big, "l_64x64_lanczos", False)):
         stage = InferenceStage(uri, input_column=column, output_column=f"ab_{label}",
                                seconds_column=f"seconds_{label}", keep_input=keep, precision="fp32")
         stage.setup()
         batch = stage(batch)
-    assert "l" in batch and "l_64x64" not in batch
+    assert "l" in batch and "l_64x64_lanczos" not in batch
     assert batch["ab_small"].shape == (2, 2, 48, 48) and batch["ab_big"].shape == (2, 2, 64, 64)
-    models = (ScoredModel("gray"), ScoredModel("small", "ab_small", "seconds_small"),
-              ScoredModel("big", "ab_big", "seconds_big"))
+    models = (ScoredModel("gray"), ScoredModel("small", "ab_small", "seconds_small", small_pre),
+              ScoredModel("big", "ab_big", "seconds_big", big_pre))
     out = EvalComposeStage(options, str(tmp_path / "out"), models)(batch)
     assert list(out["model"]) == ["gray", "small", "big"] * 2
     assert list(out["status"]) == ["ok"] * 3 + ["error"] * 3
-    assert np.isfinite(out["psnr"][:3]).all() and (tmp_path / "out" / "images" / "big" / "a.png").exists()
+    assert np.isfinite(out["psnr"][:3]).all()
+    written = jobkit.decode(str(tmp_path / "out" / "images" / "big" / "a.png"))
+    np.testing.assert_array_equal(written, render.compose(source, batch["ab_big"][0], big_pre))  # the one compose
 
 
 def test_models_without_weights_fail_clearly(tmp_path, capsys):
@@ -214,10 +225,12 @@ def test_local_evaluation_summary_baseline_and_report(ray_cluster, chromium, tmp
     rows, payloads = _inputs(str(tmp_path), options)
     manifest = jobkit.write_manifest(str(tmp_path / "manifest.parquet"), rows)
     models = [jobkit.tiny_checkpoint(str(tmp_path / f"seed{s}"), seed=s) for s in (1, 2)]
-    models.append("small=" + _checkpoint(str(tmp_path / "small48"), 3, (48, 48)))  # a second input size
+    # A second input size, with its own resize filter and ab upsampling.
+    small = _checkpoint(str(tmp_path / "small48"), 3, (48, 48), resize="lanczos", ab_upsample="bicubic")
+    models.append("small=" + small)
     out = tmp_path / "out"
     code = ev.main(["--manifest", manifest, "--output", str(out), "--models", ",".join(models), "--sample-size", "3",
-                    "--batch-size", "4", "--quiet"])
+                    "--batch-size", "4", "--precision", "fp32", "--quiet"])
     assert code == ev.EXIT_OK
     labels = ["gray", "seed1", "seed2", "small"]
     summary = json.loads((out / "summary.json").read_text())
@@ -236,19 +249,26 @@ def test_local_evaluation_summary_baseline_and_report(ray_cluster, chromium, tmp
     _recomputed_summary_matches(summary, table, labels, 2000, 0)
     _summary_parquet_matches(summary, storage.read_parquet_table(str(out / "summary.parquet")))
 
-    # The gray baseline scores exactly the grayscale image itself: L alone -> sRGB, against the original.
+    # The gray baseline scores exactly the grayscale image itself: L alone -> sRGB, against the original, through
+    # the one compose (within a code of the exact conversion). And a model's scored output is what training
+    # validation and the CLI produce from the same weights: the same path, its resize filter included.
+    module, info = load_model(small)
     for image_id, payload in payloads.items():
         if image_id == "gray":
             continue
         original = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))
         lab = np.zeros(original.shape, np.float32)
         lab[..., 0] = color.srgb_to_l(original)
-        l_only = color.lab_to_srgb_uint8(lab)
+        l_only = render.gray(original)
+        assert np.abs(l_only.astype(int) - color.lab_to_srgb_uint8(lab)).max() <= 1
         row = got[("gray", image_id)]
         assert row["psnr"] == pytest.approx(peak_signal_noise_ratio(original, l_only, data_range=255), abs=1e-9)
         assert (row["width"], row["height"]) == (64, 48)
         for m in labels:
             assert (out / "images" / m / f"{image_id}.png").exists()
+        scored = jobkit.decode(str(out / "images" / "small" / f"{image_id}.png"))
+        assert np.abs(scored.astype(int) - render.colorize(module, [original], info.preprocessing)[0]).max() <= 1
+        assert got[("small", image_id)]["psnr"] == pytest.approx(metrics.psnr(scored, original), abs=1e-9)
 
     _check_report(chromium, out / "report.html", tmp_path, n_sample=3, n_models=len(labels))
 

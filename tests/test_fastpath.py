@@ -1,4 +1,5 @@
-"""The job's fast path against the float32 per-image loop: every output within 40 dB PSNR (RGB uint8)."""
+"""The job's fast path (colorize_core.render) against the float64 per-image loop: every output within 40 dB PSNR
+(RGB uint8)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from PIL import Image
 from skimage import color as skcolor
 from skimage import data
 
-from colorize_core import metrics
+from colorize_core import imageio, metrics, render
 from colorize_core.models import load_model
-from colorize_core.stages import compose_image, decode_reduced, model_input_l
-from colorize_core import imageio
+from colorize_core.models.preprocess import Preprocessing
 
 MIN_PSNR = 40.0
 
@@ -33,15 +33,13 @@ def loop_output(payload: bytes, module: torch.nn.Module, input_size: tuple[int, 
     return np.rint(np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
-def fast_output(payload: bytes, module: torch.nn.Module, input_size: tuple[int, int]) -> np.ndarray:
-    """The job's stages on the same bytes: reduced decode -> model_input_l -> forward -> compose_image."""
-    small, geometry = decode_reduced(payload, input_size, imageio.DEFAULT_MAX_PIXELS)
-    l_model = model_input_l(small, input_size)
-    with torch.no_grad():
-        ab = module(torch.from_numpy(l_model)[None, None])[0].numpy()
+def fast_output(payload: bytes, module: torch.nn.Module, pre: Preprocessing) -> np.ndarray:
+    """The job's stages on the same bytes: reduced decode -> model L -> forward -> compose."""
+    small, geometry = render.decode_reduced(payload, pre.input_size, imageio.DEFAULT_MAX_PIXELS)
+    ab = render.predict_ab(module, pre.model_l(small)[None, None])[0]
     source = imageio.decode_image(payload)
     assert source.rgb.shape[:2] == geometry
-    return compose_image(source.rgb, ab, is_gray=source.is_gray)
+    return render.compose(source.rgb, ab, pre, is_gray=source.is_gray)
 
 
 def _jpeg(rgb: np.ndarray, size: tuple[int, int], gray: bool = True, exif_rotate: bool = False) -> bytes:
@@ -61,7 +59,8 @@ def _jpeg(rgb: np.ndarray, size: tuple[int, int], gray: bool = True, exif_rotate
 def compact():
     torch.set_num_threads(2)
     module, info = load_model("compact")
-    return module.eval(), info.input_size
+    assert info.preprocessing.ab_upsample == "bilinear" and info.preprocessing.resize == "bicubic"  # as the loop
+    return module.eval(), info.preprocessing
 
 
 CASES = {
@@ -76,16 +75,16 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_fast_path_within_40_db_of_the_float32_loop(compact, name):
-    module, size = compact
+    module, pre = compact
     payload = CASES[name]()
-    loop, fast = loop_output(payload, module, size), fast_output(payload, module, size)
+    loop, fast = loop_output(payload, module, pre.input_size), fast_output(payload, module, pre)
     assert fast.shape == loop.shape and fast.dtype == np.uint8
     assert metrics.psnr(fast, loop) >= MIN_PSNR, name
 
 
 def test_reduced_decode_applies_exif_orientation_and_reports_full_geometry():
     payload = _jpeg(data.camera()[..., None].repeat(3, 2), (1400, 1000), exif_rotate=True)
-    small, geometry = decode_reduced(payload, (256, 256), imageio.DEFAULT_MAX_PIXELS)
+    small, geometry = render.decode_reduced(payload, (256, 256), imageio.DEFAULT_MAX_PIXELS)
     full = imageio.decode_image(payload).rgb
     assert geometry == full.shape[:2] == (1400, 1000)
     assert small.shape[0] > small.shape[1] and min(small.shape[:2]) >= 512
@@ -93,14 +92,15 @@ def test_reduced_decode_applies_exif_orientation_and_reports_full_geometry():
     assert np.abs(small.astype(float) - reduced).mean() < 3  # the same picture, same way up
 
 
-def test_compose_image_bounds_its_temporaries():
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_compose_bounds_its_temporaries(mode):
     """A band of rows at a time: the only full-size arrays are the source and the output."""
     import tracemalloc
 
     rgb = np.zeros((3000, 4000, 3), np.uint8)  # 12 MP
     ab = np.zeros((2, 256, 256), np.float32)
     tracemalloc.start()
-    compose_image(rgb, ab, is_gray=True)
+    render.compose(rgb, ab, Preprocessing((256, 256), ab_upsample=mode), is_gray=True)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     output = rgb.nbytes

@@ -22,6 +22,7 @@ from PIL import EpsImagePlugin, Image
 
 from colorize_core import imageio, manifest, storage
 from colorize_core.imageio import ImageDecodeError, decode_image
+from colorize_core.models.preprocess import Preprocessing
 from colorize_core.stages import DecodeStage
 from tests.corpus import EPS, hostile_corpus
 
@@ -113,7 +114,7 @@ def test_decode_stage_turns_every_hostile_local_source_into_its_own_row(tmp_path
         (tmp_path / name).write_bytes(data)
         rows[name] = (str(tmp_path / name), reason)
     ids = sorted(rows)
-    stage = DecodeStage(storage.StorageOptions(), str(tmp_path / "out"), "jpeg", (32, 32))
+    stage = DecodeStage(storage.StorageOptions(), str(tmp_path / "out"), "jpeg", Preprocessing((32, 32)))
     out = stage({"image_id": np.array(ids, dtype=object), "uri": np.array([rows[i][0] for i in ids], dtype=object)})
     for i, image_id in enumerate(ids):
         reason = rows[image_id][1]
@@ -185,7 +186,7 @@ def test_arbitrary_files_never_crash_a_decode_batch(blobs):
         for i, blob in enumerate(blobs):
             uris.append(os.path.join(d, f"{i}.jpg"))
             Path(uris[-1]).write_bytes(blob)
-        stage = DecodeStage(storage.StorageOptions(), os.path.join(d, "out"), "jpeg", (16, 16))
+        stage = DecodeStage(storage.StorageOptions(), os.path.join(d, "out"), "jpeg", Preprocessing((16, 16)))
         out = stage({"image_id": np.array([str(i) for i in range(len(blobs))], dtype=object),
                      "uri": np.array(uris, dtype=object)})
         assert len(out["status"]) == len(blobs)

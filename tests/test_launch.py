@@ -11,7 +11,7 @@ import pytest
 
 from colorize_core import launch, runstate
 from colorize_core.config import ColorizeConfig
-from colorize_core.errors import UserError
+from colorize_core.errors import OutputError, StageError, TransientError, UserError
 from colorize_core.pipeline import check_counts
 
 LIBRARY = Path(__file__).resolve().parents[1] / "colorize_core"
@@ -49,22 +49,56 @@ def test_validation_errors_become_one_line(tmp_path):
 
 @pytest.mark.parametrize("exc, code", [(UserError("unknown model 'x': use one of a, b"), 1),
                                        (launch.Unfinished("2 row(s) ... rerun the same command to finish them"), 4),
-                                       (FileNotFoundError("no such file: m.parquet"), 1)])
+                                       (TransientError("read s3://b/m.parquet: still failing after 9 tries"), 4),
+                                       (OutputError("cannot write o/images/x.jpg: ...; rerun the same command"), 1)])
 def test_main_wrapper_prints_one_line_and_exits(capsys, exc, code):
     def body():
         raise exc
 
     assert launch.main_wrapper(body) == code
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
+    assert err.startswith("error: ") and err.count("\n") == 1 and "internal error" not in err
 
 
-def test_bugs_are_not_hidden():
+@pytest.mark.parametrize("exc", [RuntimeError("a bug\nsecond line"), ValueError("a bug\nsecond line"),
+                                 FileNotFoundError(2, "a bug")])
+def test_bugs_are_internal_errors_with_their_traceback_under_verbose(capsys, exc):
+    """Not a user mistake (a bare ValueError included): one line that says so, the traceback with --verbose."""
     def body():
-        raise RuntimeError("a bug")
+        raise exc
 
-    with pytest.raises(RuntimeError):
-        launch.main_wrapper(body)
+    assert launch.main_wrapper(body) == launch.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err == f"error: internal error in the driver: {type(exc).__name__}: {str(exc).splitlines()[0]} " \
+                  f"(rerun with --verbose for the traceback)\n"
+    assert launch.main_wrapper(body, verbose=True) == launch.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in body" in err
+    assert err.splitlines()[-1].startswith(f"error: internal error in the driver: {type(exc).__name__}")
+
+
+def test_a_stage_error_names_its_stage_and_keeps_the_worker_traceback(capsys):
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        wrapped = StageError.wrap("ComposeStage", exc)
+
+    def body():
+        raise wrapped
+
+    assert launch.main_wrapper(body) == launch.EXIT_FAILED
+    assert capsys.readouterr().err == ("error: internal error in ComposeStage: KeyError: 'missing' (rerun with "
+                                       "--verbose for the traceback)\n")
+    assert launch.main_wrapper(body, verbose=True) == launch.EXIT_FAILED
+    assert "{}[\"missing\"]" in capsys.readouterr().err  # the worker's own traceback
+
+
+def test_library_value_mistakes_are_user_errors_not_value_errors():
+    from colorize_core import storage
+
+    assert ValueError not in launch.user_error_types()
+    with pytest.raises(UserError, match="unsupported URI scheme"):
+        storage.filesystem("gs://bucket/key")
 
 
 def test_transient_rows_fail_the_run_with_a_rerun_hint():
@@ -72,6 +106,16 @@ def test_transient_rows_fail_the_run_with_a_rerun_hint():
         check_counts({"ok": 3, "error": 0, "transient": 2}, 1.0)
     assert check_counts({"ok": 3, "error": 1, "transient": 0}, 0.5) == launch.EXIT_OK
     assert check_counts({"ok": 1, "error": 3, "transient": 0}, 0.5) == launch.EXIT_TOO_MANY_ERRORS
+
+
+def test_a_run_where_every_row_failed_never_exits_0_and_the_default_tolerates_a_few_percent(capsys):
+    assert check_counts({"ok": 0, "error": 6, "transient": 0}, 1.0) == launch.EXIT_TOO_MANY_ERRORS
+    assert "every processed row failed (6/6)" in capsys.readouterr().err
+    assert check_counts({"ok": 0, "error": 0, "transient": 0}, 0.1) == launch.EXIT_OK  # nothing to do
+    default = ColorizeConfig(manifest="m", output="o").max_error_fraction
+    assert default == 0.1
+    assert check_counts({"ok": 95, "error": 5, "transient": 0}, default) == launch.EXIT_OK
+    assert check_counts({"ok": 80, "error": 20, "transient": 0}, default) == launch.EXIT_TOO_MANY_ERRORS
 
 
 def test_progress_on_a_non_terminal_prints_at_most_one_line_per_interval(monkeypatch):

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from colorize_core import color, metrics, storage
+from colorize_core import metrics, storage
+from colorize_core.models.preprocess import Preprocessing
 from colorize_core.stages import (
     ComposeStage,
     DecodeStage,
     InferenceStage,
-    compose,
     output_key,
     paint_hints,
-    model_input_l,
     short_error,
 )
 from tests import jobkit
@@ -39,28 +38,6 @@ def inputs(tmp_path):
     return batch, tmp_path
 
 
-def test_compose_keeps_geometry_and_original_l():
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    l_full = color.srgb_to_l(rgb)
-    ab = rng.normal(0, 15, (2, 16, 16)).astype(np.float32)
-    out = compose(l_full, ab)
-    assert out.shape == rgb.shape and out.dtype == np.uint8
-    # Luminance survives up to gamut clipping and uint8 rounding.
-    assert np.abs(color.srgb_to_l(out) - l_full).mean() < 1.0
-    gray = compose(l_full, np.zeros((2, 16, 16), np.float32))
-    assert metrics.colorfulness(gray) < 0.5
-    assert metrics.colorfulness(compose(l_full, ab, saturation=2.0)) > metrics.colorfulness(out)
-
-
-def test_model_input_l_matches_lab_of_resized_image_and_16_bit():
-    rgb = jobkit.decode_bytes(jobkit.colour_images(1, size=(120, 90))[0])
-    l = model_input_l(rgb, (32, 48))
-    assert l.shape == (32, 48) and l.dtype == np.float32 and 0 <= l.min() and l.max() <= 100
-    rgb16 = rgb.astype(np.uint16) * 257
-    np.testing.assert_allclose(model_input_l(rgb16, (32, 48)), l, atol=0.6)
-
-
 def test_paint_hints_and_bad_hints():
     ab, mask = paint_hints([{"x": 0.5, "y": 0.25, "a": 40.0, "b": -20.0}], (16, 16), radius=1)
     assert mask.sum() == 9 and mask[0, 4, 8] == 1
@@ -80,7 +57,8 @@ def test_short_error_is_one_bounded_line():
 
 def test_decode_stage_rows_and_errors(inputs):
     batch, tmp_path = inputs
-    stage = DecodeStage(storage.StorageOptions(), str(tmp_path / "out"), "jpeg", (32, 32))
+    stage = DecodeStage(storage.StorageOptions(), str(tmp_path / "out"), "jpeg", Preprocessing((32, 32)),
+                        more=(Preprocessing((16, 24), "lanczos"), Preprocessing((32, 32), ab_upsample="bicubic")))
     out = stage(batch)
     status = dict(zip(batch["image_id"], out["status"]))
     errors = dict(zip(batch["image_id"], out["error"]))
@@ -88,6 +66,11 @@ def test_decode_stage_rows_and_errors(inputs):
                       "missing_jpg": "error"}
     assert "missing object" in errors["missing_jpg"] and "0 bytes" in errors["empty_png"]
     assert out["l"].shape == (5, 1, 32, 32) and out["l"][0].std() > 1
+    # Another model's L, as its preprocessing says; one that differs only in ab_upsample shares "l".
+    assert stage.column(Preprocessing((32, 32), ab_upsample="bicubic")) == "l"
+    assert set(out) - set(batch) == {"l", "l_16x24_lanczos", "status", "error", "reuse", "seconds"}
+    source = jobkit.decode(batch["uri"][0])
+    np.testing.assert_array_equal(out["l_16x24_lanczos"][0, 0], Preprocessing((16, 24), "lanczos").model_l(source))
     assert not out["reuse"].any() and (out["seconds"] >= 0).all()
 
 
@@ -120,10 +103,11 @@ def test_inference_stage_fp32_and_precision_guard(tmp_path):
 def test_compose_stage_scores_the_written_file(inputs):
     batch, tmp_path = inputs
     opts = storage.StorageOptions()
-    decoded = DecodeStage(opts, str(tmp_path / "out"), "jpeg", (32, 32))(batch)
+    pre = Preprocessing((32, 32))
+    decoded = DecodeStage(opts, str(tmp_path / "out"), "jpeg", pre)(batch)
     decoded["ab"] = np.random.default_rng(1).normal(0, 10, (5, 2, 32, 32)).astype(np.float32)
     del decoded["l"]
-    rows = ComposeStage(opts, str(tmp_path / "out"), model_name="m")(decoded)
+    rows = ComposeStage(opts, str(tmp_path / "out"), pre, model_name="m")(decoded)
     assert list(rows["status"]) == ["ok", "ok", "error", "error", "error"]
     written = jobkit.decode(output_key(str(tmp_path / "out"), "c_jpg", "jpeg"))
     source = jobkit.decode(batch["uri"][0])
@@ -136,8 +120,39 @@ def test_compose_stage_scores_the_written_file(inputs):
 
 def test_stages_pickle_round_trip(tmp_path):
     opts = storage.StorageOptions(endpoint_url="http://127.0.0.1:1", key="k", secret="s")
-    for stage in (DecodeStage(opts, "s3://b/o", "png", (256, 256), True),
-                  ComposeStage(opts, "s3://b/o", "png"),
+    for stage in (DecodeStage(opts, "s3://b/o", "png", Preprocessing((256, 256)), True),
+                  ComposeStage(opts, "s3://b/o", Preprocessing((256, 256), ab_upsample="bicubic"), "png"),
                   InferenceStage("siggraph17", "official", options=opts)):
         assert pickle.loads(pickle.dumps(stage)) == stage
 
+
+
+def test_only_input_failures_are_rows_an_output_failure_raises(inputs):
+    """A missing or wrong-sized reference and a bad hint are rows; an output that cannot be written is not."""
+    from colorize_core.errors import OutputError
+
+    batch, tmp_path = inputs
+    opts, out = storage.StorageOptions(), str(tmp_path / "out")
+    pre = Preprocessing((32, 32))
+    hints = _obj([[{"x": 2.0, "y": 0.5, "a": 1.0, "b": 1.0}], None, None, None, None])
+    decoded = DecodeStage(opts, out, "jpeg", pre, accepts_hints=True)({**batch, "hints": hints})
+    assert decoded["status"][0] == "error" and "bad hint" in decoded["error"][0]
+    decoded["status"][0], decoded["error"][0] = "ok", None  # the colour image, composed below
+    decoded["ab"] = np.zeros((5, 2, 32, 32), np.float32)
+    decoded["reference_uri"] = _obj([batch["uri"][1], str(tmp_path / "nope.png"), None, None, None])
+    rows = ComposeStage(opts, out, pre, model_name="m")(decoded)
+    assert list(rows["status"]) == ["error", "error", "error", "error", "error"]
+    assert rows["error"][0].startswith("reference is 50x40") and rows["error"][1].startswith("missing object")
+    # Now the output's images/ is a file: the first good row raises, naming the target and what to do.
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "images").write_text("in the way")
+    decoded["reference_uri"] = _obj([None] * 5)
+    with pytest.raises(OutputError, match=r"cannot write .*c_jpg\.jpg: '.*images' is a file where a folder is "
+                                          r"needed; move it away and rerun the same command"):
+        ComposeStage(opts, str(tmp_path / "out2"), pre, model_name="m")(decoded)
+
+
+def test_a_source_of_a_scheme_we_do_not_read_is_that_rows_error(tmp_path):
+    batch = {"image_id": _obj(["a"]), "uri": _obj(["gs://bucket/a.jpg"]), "shard_id": _obj(["s0"])}
+    out = DecodeStage(storage.StorageOptions(), str(tmp_path / "out"), "jpeg", Preprocessing((8, 8)))(batch)
+    assert out["status"][0] == "error" and "unsupported URI scheme" in out["error"][0]

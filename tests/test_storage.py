@@ -329,3 +329,48 @@ def test_a_local_read_that_blocks_gives_up_as_transient():
     assert storage.call_with_timeout(lambda: 42, 5, "x") == 42
     with pytest.raises(FileNotFoundError):  # the function's own errors pass through unchanged
         storage.call_with_timeout(lambda: storage.read_bytes("/nonexistent/x.jpg"), 5, "x")
+
+
+def test_writes_within_an_output_never_follow_a_link_planted_below_it(tmp_path):
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    storage.write_bytes(str(out / "images" / "a" / "x.jpg"), b"1", within=str(out))  # folders created
+    assert (out / "images" / "a" / "x.jpg").read_bytes() == b"1"
+    (out / "images" / "evil").symlink_to(elsewhere)
+    with pytest.raises(storage.SymlinkRefusedError) as info:
+        storage.write_bytes(str(out / "images" / "evil" / "y.jpg"), b"2", within=str(out))
+    assert info.value.filename == str(out / "images" / "evil")
+    assert list(elsewhere.iterdir()) == []
+    # A link at the final name is replaced by the file, never written through.
+    (out / "images" / "a" / "z.jpg").symlink_to(elsewhere / "target.jpg")
+    storage.write_bytes(str(out / "images" / "a" / "z.jpg"), b"3", within=str(out))
+    assert not (out / "images" / "a" / "z.jpg").is_symlink() and list(elsewhere.iterdir()) == []
+    # Without within= (paths the user named: the CLI's -o), links are followed as usual.
+    storage.write_bytes(str(out / "images" / "evil" / "y.jpg"), b"4")
+    assert (elsewhere / "y.jpg").read_bytes() == b"4"
+    # The root itself may be a link; nothing is left behind by a refused write.
+    (tmp_path / "link").symlink_to(out)
+    storage.write_bytes(str(tmp_path / "link" / "images" / "b.jpg"), b"5", within=str(tmp_path / "link"))
+    assert (out / "images" / "b.jpg").read_bytes() == b"5"
+    assert not [p for p in out.rglob("*") if p.name.startswith(".colorize-tmp-")]
+
+
+def test_write_output_names_the_target_and_what_to_do(tmp_path):
+    from colorize_core.errors import OutputError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "images").write_text("in the way")
+    with pytest.raises(OutputError) as info:
+        storage.write_output(str(out / "images" / "x.jpg"), b"1", None, root=str(out))
+    assert str(info.value) == (f"cannot write {out}/images/x.jpg: '{out}/images' is a file where a folder is "
+                               f"needed; move it away and rerun the same command")
+    (out / "images").unlink()
+    (out / "images" / "x.jpg").mkdir(parents=True)
+    with pytest.raises(OutputError, match="is a folder where a file is needed"):
+        storage.write_output(str(out / "images" / "x.jpg"), b"1", None, root=str(out))
+    table = pa.table({"a": [1, 2]})
+    storage.write_output_table(table, str(out / "metrics" / "s.parquet"), None, root=str(out))
+    assert pq.read_table(out / "metrics" / "s.parquet").equals(table)
+    with pytest.raises(ValueError, match="not below"):
+        storage.write_bytes(str(tmp_path / "other" / "x"), b"", within=str(out))

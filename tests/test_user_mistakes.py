@@ -42,6 +42,9 @@ def images(tmp_path):
      "error: model 'unet' has no released weights: train one (python -m jobs.train --model unet ...) and pass "
      "its checkpoint directory as --model, or pass --weights PATH"),
     (["image", "{in}/missing.jpg", "-o", "{tmp}/o.jpg"], "error: {in}/missing.jpg: no such file or folder"),
+    (["folder", "{in}", "-o", "{tmp}/out", "--model", "compact,effnet_unet", "--weights", "compact=x,broken"],
+     "error: --weights 'compact=x,broken': give name=URI pairs separated by commas (e.g. "
+     "eccv16=official,ours=s3://bucket/w.pth)"),
 ])
 def test_cli_mistakes(images, tmp_path, capsys, argv, expected):
     fill = {"in": str(images), "tmp": str(tmp_path)}
@@ -61,6 +64,7 @@ def test_cli_mistakes(images, tmp_path, capsys, argv, expected):
     (["--output", "{tmp}/run*"], None, "error: 'output': '{tmp}/run*' contains a glob character (* ? [), which "
      "--overwrite must never expand: pick an output path without them"),
     (["--config", "{tmp}/nope.yaml"], None, "error: config file {tmp}/nope.yaml not found: check the --config path"),
+    ([], ["model: compact"], "error: {config}: expected a mapping of config keys, got list"),
 ])
 def test_job_mistakes(tmp_path, capsys, argv, config, expected):
     fill = {"tmp": str(tmp_path), "config": str(tmp_path / "c.yaml")}

@@ -24,7 +24,8 @@ _FILTERS = ("bicubic", "bilinear", "lanczos", "nearest")
 @dataclass(frozen=True)
 class Preprocessing:
     """``input_size`` = (H, W) the model runs at; ``resize`` = Pillow filter bringing the image there;
-    ``ab_upsample`` = torch interpolation mode bringing the predicted ab back to full size."""
+    ``ab_upsample`` = interpolation (as torch's) bringing the predicted ab back to full size, which
+    :func:`colorize_core.render.compose` does."""
 
     input_size: tuple[int, int]
     resize: str = "bicubic"
@@ -63,14 +64,6 @@ class Preprocessing:
         """The model's input for one image: RGB [H,W,3] (uint8 / uint16 / float in [0, 1]) -> float32 L in
         [0, 100] as [h, w] = ``input_size``."""
         return np.clip(color.srgb_to_l(self.resize_rgb(image)), 0.0, 100.0).astype(np.float32)
-
-    def upsample_ab(self, ab, size: tuple[int, int]):
-        """Predicted ab [B,2,h,w] (torch) -> [B,2,H,W] at the original ``size``."""
-        import torch.nn.functional as F
-
-        if tuple(ab.shape[-2:]) == tuple(size):
-            return ab
-        return F.interpolate(ab, size=tuple(size), mode=self.ab_upsample, align_corners=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

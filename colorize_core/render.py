@@ -1,0 +1,235 @@
+"""How an image is colorized: the one path the job's stages, the evaluate job, the CLI, training validation and
+the bench all run, so a score, a delivered file and a benchmark figure come from the same code.
+
+The weights' :class:`~colorize_core.models.preprocess.Preprocessing` owns it:
+
+1. **model L**: the image decoded only as far as the model needs (:func:`decode_reduced`: JPEGs at a reduced
+   DCT scale), resized to ``input_size`` with the weights' ``resize`` filter and converted to L
+   (``Preprocessing.model_l``); hint maps at that size (:func:`hint_maps`);
+2. the model's ab at model size (:func:`predict_ab` in process; the job's inference actors do the same forward
+   at the precision they chose);
+3. **compose** (:func:`compose`): the original full-resolution L, kept untouched, joined with the ab upsampled
+   with the weights' ``ab_upsample`` (bilinear or bicubic, as ``torch.nn.functional.interpolate`` with
+   ``align_corners=False``) and converted to sRGB at the output's depth, band by band, so a 100 MP scan needs
+   the source and output buffers plus a few MB.
+
+Encoding is :func:`colorize_core.imageio.encode_image`, the one encoder every caller uses.
+
+Numerics, and why they are the ones for evaluation too: an 8-bit output goes through
+:func:`color.lab_planes_to_srgb_uint8` (float32, the sRGB curve by table). Against the float64 reference
+(scikit-image ``lab2rgb`` of float64 L and float64-upsampled ab, rounded) it is within 1 code everywhere
+and differs in fewer than 1% of the values (0.2% measured; ``tests/test_render.py`` pins both), which
+moves PSNR by well under 0.01 dB; so evaluation scores exactly the pixels the job delivers, rather than a
+slower exact conversion that no user receives. A 16-bit output (``depth=16``) goes through the float32
+:func:`color.lab_to_srgb` and is within 2 codes of 65535 of the same reference.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from . import color, imageio
+from .errors import InputError
+from .models.preprocess import Preprocessing
+
+DEPTHS = (8, 16)
+
+# A JPEG is decoded for the model at a DCT scale (1/2, 1/4, 1/8) that keeps at least this many times the
+# model's input size on each side, so the resize to model size still sees a well-sampled image.
+DRAFT_OVERSAMPLE = 2
+
+# Pixels of the full-resolution image composed at a time: bounds every temporary (a 100 MP scan included) to a
+# few cache-sized float32 planes, whatever the image size.
+COMPOSE_CHUNK_PIXELS = 1 << 16
+
+# torch's bicubic kernel (upsample_bicubic2d): Keys' cubic convolution with a = -0.75.
+_CUBIC_A = -0.75
+
+
+# --------------------------------------------------------------------------- 1. model L and hints
+
+
+def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(pixels at no less than ``DRAFT_OVERSAMPLE`` x ``size``, the image's full (H, W) as displayed).
+
+    8-bit gray and RGB JPEGs (the archive's bulk) are decoded at a reduced DCT scale (Pillow's draft mode):
+    a fraction of a full decode. Anything else, and any JPEG the fast path does not take, goes through
+    :func:`imageio.decode_image` at full size with its guards and its reasons for bad files."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+            if im.format == "JPEG" and im.mode in ("L", "RGB") and im.width * im.height <= max_pixels:
+                side = DRAFT_OVERSAMPLE * max(size)
+                try:
+                    orientation = int(im.getexif().get(0x0112, 1))
+                except Exception:  # noqa: BLE001 - unreadable EXIF keeps the stored orientation
+                    orientation = 1
+                full = (im.width, im.height) if orientation in (5, 6, 7, 8) else (im.height, im.width)
+                im.draft(im.mode, (side, side))
+                im.load()
+                try:
+                    ImageOps.exif_transpose(im, in_place=True)
+                except Exception:  # noqa: BLE001 - as imageio.decode_image: bad EXIF must not cost pixels
+                    pass
+                arr = np.asarray(im.convert("RGB"))
+                if arr.ndim == 3 and arr.shape[2] == 3:
+                    return arr, full
+    except Exception:  # noqa: BLE001 - the full decode below gives the row its reason
+        pass
+    rgb = imageio.decode_image(data, max_pixels=max_pixels).rgb
+    return rgb, (rgb.shape[0], rgb.shape[1])
+
+
+def hint_maps(hints: Any, pre: Preprocessing, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """SIGGRAPH17 hint map [2,h,w] and mask [1,h,w] at the model's input size; a bad hint is the input's fault
+    (:class:`InputError`)."""
+    # paint_hints moves to colorize_core/hints.py (issue 17); imported here, not at the top, because stages.py
+    # (its present home) imports this module.
+    from .stages import paint_hints
+
+    try:
+        return paint_hints(hints, pre.input_size, radius)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"bad hint: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- 2. the model's ab
+
+
+@torch.inference_mode()
+def predict_ab(module: torch.nn.Module, l: np.ndarray, hint_ab: np.ndarray | None = None,
+               hint_mask: np.ndarray | None = None) -> np.ndarray:
+    """Model-size L [B,1,h,w] (and hint maps) -> ab [B,2,h,w] float32, fp32 on the module's device."""
+    device = next(module.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(l, dtype=np.float32)).to(device)
+    if hint_ab is None:
+        out = module(x)
+    else:
+        out = module(x, torch.from_numpy(np.ascontiguousarray(hint_ab, dtype=np.float32)).to(device),
+                     torch.from_numpy(np.ascontiguousarray(hint_mask, dtype=np.float32)).to(device))
+    return out.float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- 3. compose
+
+
+def axis_weights(n_out: int, n_in: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices [n_out, taps] and weights [n_out, taps] of a 1-D resize from ``n_in`` to ``n_out``
+    samples, as ``torch.nn.functional.interpolate(mode=..., align_corners=False)`` computes them (bilinear:
+    2 taps, negative source positions clamped to 0; bicubic: 4 taps, a = -0.75, indices clamped at the
+    borders)."""
+    scale = n_in / n_out
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    if mode == "bilinear":
+        src = np.clip(src, 0, None)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        t = src - i0
+        idx = np.stack([i0, np.minimum(i0 + 1, n_in - 1)], axis=1)
+        w = np.stack([1.0 - t, t], axis=1)
+    elif mode == "bicubic":
+        i0 = np.floor(src).astype(np.int64)
+        t = src - i0
+        a = _CUBIC_A
+
+        def near(x):  # |x| <= 1
+            return ((a + 2) * x - (a + 3)) * x * x + 1
+
+        def far(x):  # 1 < |x| < 2
+            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+        idx = np.clip(np.stack([i0 - 1, i0, i0 + 1, i0 + 2], axis=1), 0, n_in - 1)
+        w = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    else:
+        raise ValueError(f"ab upsampling must be 'bilinear' or 'bicubic', got {mode!r}")
+    return idx, w.astype(np.float32)
+
+
+def _l_rows(rgb: np.ndarray, is_gray: bool):
+    """``(start, stop) -> L of those rows``: a 256-entry table for 8-bit gray, else :func:`color.srgb_to_l`
+    per band, so no full-resolution float image is ever held."""
+    if is_gray and rgb.dtype == np.uint8:
+        lut = color.gray_l_lut()
+        return lambda s, e: np.take(lut, rgb[s:e, :, 0])
+    return lambda s, e: color.srgb_to_l(rgb[s:e])
+
+
+def compose(rgb: np.ndarray, ab_model: np.ndarray, pre: Preprocessing, *, saturation: float = 1.0,
+            is_gray: bool = False, depth: int = 8) -> np.ndarray:
+    """The decoded source RGB [H,W,3] (uint8 or uint16) + model-size ab [2,h,w] -> sRGB [H,W,3] at ``depth``
+    bits (uint8 or uint16), in one float32 pass over bands of rows.
+
+    The source's L is kept untouched, so the output's luminance and geometry are the input's; the ab is
+    scaled by ``saturation`` and upsampled as ``pre.ab_upsample`` says: across once at model height, then down
+    per band (separable, the same weights as torch's). ``is_gray`` (the source has no colour) lets 8-bit L come
+    from a table. ``ab_model`` of shape [2,1,1] zeros is the gray baseline."""
+    if depth not in DEPTHS:
+        raise ValueError(f"depth must be one of {DEPTHS}, got {depth!r}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"compose expects the source as RGB [H,W,3], got shape {rgb.shape}")
+    ab_model = np.asarray(ab_model)
+    if ab_model.ndim != 3 or ab_model.shape[0] != 2:
+        raise ValueError(f"compose expects ab as [2,h,w], got shape {ab_model.shape}")
+    height, width = rgb.shape[:2]
+    l_rows = _l_rows(rgb, is_gray)
+    ab = torch.from_numpy(np.array(ab_model, dtype=np.float32))  # a writable copy
+    if saturation != 1.0:
+        ab *= saturation
+    h = ab.shape[-2]
+    ab_x = torch.nn.functional.interpolate(ab[None], size=(h, width), mode=pre.ab_upsample, align_corners=False)[0]
+    idx, w = (torch.from_numpy(v) for v in axis_weights(height, h, pre.ab_upsample))
+    out = np.empty((height, width, 3), np.uint8 if depth == 8 else np.uint16)
+    band = max(1, COMPOSE_CHUNK_PIXELS // max(width, 1))
+    for s in range(0, height, band):
+        e = min(height, s + band)
+        ab_band = ab_x.index_select(1, idx[s:e, 0]) * w[None, s:e, 0, None]
+        for k in range(1, idx.shape[1]):
+            ab_band.addcmul_(ab_x.index_select(1, idx[s:e, k]), w[None, s:e, k, None])
+        a, b = ab_band.reshape(2, -1).numpy()
+        light = np.ascontiguousarray(l_rows(s, e), dtype=np.float32).reshape(-1)
+        if depth == 8:
+            color.lab_planes_to_srgb_uint8(light, a, b, out[s:e].reshape(-1, 3))
+        else:
+            srgb = color.lab_to_srgb(np.stack([light, a, b], axis=-1))
+            out[s:e] = np.floor(srgb * np.float32(65535.0) + np.float32(0.5)).reshape(e - s, width, 3)
+    return out
+
+
+def gray(rgb: np.ndarray, *, is_gray: bool = False, depth: int = 8) -> np.ndarray:
+    """The gray baseline: the source's L alone (ab = 0), through the same compose."""
+    return compose(rgb, np.zeros((2, 1, 1), np.float32), _GRAY, is_gray=is_gray, depth=depth)
+
+
+_GRAY = Preprocessing((1, 1))  # any will do: a constant ab upsamples to itself
+
+
+# --------------------------------------------------------------------------- in process: all three
+
+
+def colorize(module: torch.nn.Module, images: Sequence[np.ndarray | imageio.DecodedImage], pre: Preprocessing, *,
+             saturation: float = 1.0, hints: Sequence[Any] | None = None, hint_radius: int = 2,
+             batch_size: int = 8, depth: int = 8) -> list[np.ndarray]:
+    """Decoded images (RGB arrays or :class:`~colorize_core.imageio.DecodedImage`) -> colorized RGB at full
+    resolution, in batches of ``batch_size``: the CLI's and training validation's path, the job's stages in one
+    process. ``hints`` (one entry per image, each a list of {x, y, a, b} or None) go to a model that takes them;
+    without any, the model gets L alone."""
+    module.eval()
+    out: list[np.ndarray] = []
+    for s in range(0, len(images), batch_size):
+        chunk = images[s: s + batch_size]
+        rgbs = [im.rgb if isinstance(im, imageio.DecodedImage) else im for im in chunk]
+        grays = [im.is_gray if isinstance(im, imageio.DecodedImage) else False for im in chunk]
+        l = np.stack([pre.model_l(rgb) for rgb in rgbs])[:, None]
+        chunk_hints = list(hints[s: s + batch_size]) if hints is not None else []
+        if any(h for h in chunk_hints):
+            maps = [hint_maps(h, pre, hint_radius) for h in chunk_hints]
+            ab = predict_ab(module, l, np.stack([m[0] for m in maps]), np.stack([m[1] for m in maps]))
+        else:
+            ab = predict_ab(module, l)
+        out += [compose(rgb, a, pre, saturation=saturation, is_gray=g, depth=depth)
+                for rgb, a, g in zip(rgbs, ab, grays)]
+    return out
