@@ -35,6 +35,7 @@ import torch
 from PIL import Image, ImageOps
 
 from . import color, errors, imageio, metrics, storage
+from .hints import paint_hints  # noqa: F401 - its home is hints.py; stages' callers import it from here
 from .manifest import Shard, read_shard
 from .models.preprocess import Preprocessing
 from .schema import METRIC_COLUMNS
@@ -156,24 +157,6 @@ def apply_protocol(rgb: np.ndarray, protocol: str) -> np.ndarray:
 def l_column(size: tuple[int, int]) -> str:
     """Name of the model-size L column for an extra input size (DecodeStage ``sizes``)."""
     return f"l_{size[0]}x{size[1]}"
-
-
-def paint_hints(hints: Any, size: tuple[int, int], radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """SIGGRAPH17 hint map and mask at model size from [{x, y, a, b}] with x, y in [0, 1]."""
-    h, w = size
-    ab = np.zeros((2, h, w), np.float32)
-    mask = np.zeros((1, h, w), np.float32)
-    if hints is None or isinstance(hints, float):  # null cell (NaN once through Ray)
-        hints = ()
-    for hint in hints:
-        x, y = float(hint["x"]), float(hint["y"])
-        if not (0 <= x <= 1 and 0 <= y <= 1) or any(math.isnan(v) for v in (x, y, hint["a"], hint["b"])):
-            raise ValueError(f"hint outside the image: {dict(hint)}")
-        cx, cy = min(int(x * w), w - 1), min(int(y * h), h - 1)
-        ys, xs = slice(max(cy - radius, 0), cy + radius + 1), slice(max(cx - radius, 0), cx + radius + 1)
-        ab[0, ys, xs], ab[1, ys, xs] = float(hint["a"]), float(hint["b"])
-        mask[0, ys, xs] = 1.0
-    return ab, mask
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:

@@ -310,8 +310,11 @@ def build_train_state(model: nn.Module, *, lr: float, loss: str = "l1", betas: t
     return TrainState(model, opt, loss, discriminator, d_opt, gan_mode, l1_lambda, bin_weights)
 
 
-def train_step(state: TrainState, l: torch.Tensor, ab: torch.Tensor) -> dict[str, float]:
-    """One optimisation step on a batch; returns the losses as floats (``loss`` is the generator's)."""
+def train_step(state: TrainState, l: torch.Tensor, ab: torch.Tensor,
+               hints: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+    """One optimisation step on a batch; returns the losses as floats (``loss`` is the generator's).
+    ``hints`` = (ab_hint, hint_mask) for a model that takes them (:func:`colorize_core.hints.simulate_hints`);
+    all-zero maps for a hint-free batch, so every parameter takes part in every step (DDP needs that)."""
     state.model.train()
     if state.loss == "gan":
         from .models.pix2pix import discriminator_loss, generator_loss
@@ -331,7 +334,8 @@ def train_step(state: TrainState, l: torch.Tensor, ab: torch.Tensor) -> dict[str
         out = {"loss": g_loss.item(), "g_adv": g_adv.item(), "l1": g_l1.item(), "d_loss": d_loss.item()}
     else:
         state.optimizer.zero_grad(set_to_none=True)
-        loss = regression_loss(state.model(l), ab, state.loss, state.bin_weights)
+        pred = state.model(l) if hints is None else state.model(l, *hints)
+        loss = regression_loss(pred, ab, state.loss, state.bin_weights)
         loss.backward()
         state.optimizer.step()
         out = {"loss": loss.item()}
@@ -350,16 +354,25 @@ def as_preprocessing(pre: Preprocessing | tuple[int, int]) -> Preprocessing:
 
 
 @torch.no_grad()
-def colorize_rgb(model: nn.Module, rgb_u8: np.ndarray, preprocessing: Preprocessing | tuple[int, int]) -> np.ndarray:
+def colorize_rgb(model: nn.Module, rgb_u8: np.ndarray, preprocessing: Preprocessing | tuple[int, int],
+                 hints: list[dict[str, float]] | None = None, hint_radius: int = 2) -> np.ndarray:
     """Full-resolution colorization of one image's luminance, as the jobs do it: the model's L from
-    ``preprocessing.model_l`` -> model -> ab upsampled to full size -> joined with the original L ->
-    uint8 sRGB [H,W,3]."""
+    ``preprocessing.model_l`` (and ``hints`` painted at its size with ``hint_radius``, for a model that
+    takes them) -> model -> ab upsampled to full size -> joined with the original L -> uint8 sRGB [H,W,3]."""
+    from .hints import paint_hints
+
     pre = as_preprocessing(preprocessing)
     lab = torch.from_numpy(rgb_to_lab_chw(rgb_u8))[None]  # [1,3,H,W]
     l_small = torch.from_numpy(pre.model_l(rgb_u8))[None, None]
     model.eval()
     device = next(model.parameters()).device
-    ab = pre.upsample_ab(model(l_small.to(device)).float().cpu(), lab.shape[-2:])
+    if hints:
+        hint_ab, hint_mask = (torch.from_numpy(m)[None].to(device)
+                              for m in paint_hints(hints, pre.input_size, hint_radius))
+        pred = model(l_small.to(device), hint_ab, hint_mask)
+    else:
+        pred = model(l_small.to(device))
+    ab = pre.upsample_ab(pred.float().cpu(), lab.shape[-2:])
     out = torch.cat([lab[:, :1], ab], dim=1)[0].permute(1, 2, 0).numpy()
     return color.lab_to_srgb_uint8(out)
 
@@ -372,14 +385,21 @@ def gray_rgb(rgb_u8: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model: nn.Module | None, images: Iterable[tuple[str, np.ndarray]],
-             preprocessing: Preprocessing | tuple[int, int]) -> list[dict[str, Any]]:
+             preprocessing: Preprocessing | tuple[int, int], *, n_hints: int = 0, hint_seed: int = 0,
+             hint_radius: int = 2) -> list[dict[str, Any]]:
     """Per-image PSNR / SSIM against the original and colorfulness of the result, with
-    :mod:`colorize_core.metrics`. ``model=None`` scores the gray baseline."""
+    :mod:`colorize_core.metrics`. ``model=None`` scores the gray baseline. ``n_hints`` > 0: the model
+    also gets that many hints sampled from each original (:func:`colorize_core.hints.sample_hints`,
+    seeded by ``hint_seed`` and the image id, as the evaluate job's ``--hints``)."""
     from . import metrics
+    from .hints import sample_hints
 
+    pre = as_preprocessing(preprocessing)
     rows = []
     for image_id, rgb in images:
-        pred = gray_rgb(rgb) if model is None else colorize_rgb(model, rgb, preprocessing)
+        hints = (sample_hints(rgb, n_hints, image_id, size=pre.input_size, radius=hint_radius, seed=hint_seed)
+                 if n_hints else None)
+        pred = gray_rgb(rgb) if model is None else colorize_rgb(model, rgb, pre, hints, hint_radius)
         rows.append({"image_id": image_id, "psnr": float(metrics.psnr(pred, rgb)),
                      "ssim": float(metrics.ssim(pred, rgb)), "colorfulness": float(metrics.colorfulness(pred)),
                      "colorfulness_ref": float(metrics.colorfulness(rgb))})

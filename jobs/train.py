@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from colorize_core import storage, training
 from colorize_core.config import StorageConfig, load_yaml, merge
+from colorize_core.hints import HintSimulation, simulate_hints
 from colorize_core.models import checkpoint, get_entry
 from colorize_core.models.preprocess import Preprocessing
 
@@ -101,9 +102,23 @@ class TrainConfig(BaseModel):
     lr_decay_from: int = Field(0, ge=0, description="cosine: the step the decay starts at (a later phase "
                                                     "resuming at step N sets N).")
     lr_min: float = Field(0.0, ge=0, description="cosine: the learning rate at the last step.")
+    hint_p: float = Field(1 / 8, gt=0, le=1, description="Models that take hints: the number of simulated "
+                          "hints per image is geometric on 0, 1, 2, ... with this p (SIGGRAPH17: 1/8, mean 7).")
+    hint_patch: tuple[int, int] = Field((1, 9), description="Side range (px at crop size) of each simulated "
+                                        "hint's patch, which reveals the ground truth's mean ab over it (paper: 1-9).")
+    hint_sigma: float = Field(0.25, gt=0, description="Hint positions: 2-D Gaussian around the centre with this "
+                              "standard deviation as a fraction of the side (paper: 1/4).")
+    hint_free_batches: float = Field(0.25, ge=0, le=1, description="Fraction of batches trained with no hint "
+                                     "at all, so the model stays a good automatic colorizer.")
+    val_hints: int = Field(10, ge=0, description="Models that take hints are also scored every epoch with this "
+                           "many hints sampled from each held-out original (seed 0; 0 = not).")
+    hint_radius: int = Field(2, ge=0, description="How validation paints sampled hints: a (2r+1)^2 square at "
+                             "model size (the colorize job's default).")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel, gloo on CPU, NCCL on GPU).")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: one GPU per worker if the cluster has GPUs.")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (its torch threads).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
+    torch_threads: int | None = Field(None, ge=1, description="Torch threads per worker. Default: "
+                                      "cpus_per_worker (rounded up), so a worker never takes more cores than it reserved.")
     val_max_images: int | None = Field(None, ge=1, description="Score only the first N held-out images.")
     max_failures: int = Field(0, ge=0, description="Worker-group restarts Ray Train may make; each restart "
                               "resumes from the latest checkpoint.")
@@ -115,6 +130,10 @@ class TrainConfig(BaseModel):
 
     def resolved_crop(self) -> int:
         return self.crop_size or get_entry(self.architecture).input_size[0]
+
+    def hint_simulation(self) -> HintSimulation:
+        return HintSimulation(p=self.hint_p, patch=tuple(self.hint_patch), sigma=self.hint_sigma,
+                              hint_free_batches=self.hint_free_batches)
 
     def preprocessing(self) -> Preprocessing:
         """What the trained weights expect: the crop size they were trained at. Validation uses it and
@@ -272,6 +291,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     options = cfg.storage.options()
     loss_name, crop = cfg.resolved_loss(), cfg.resolved_crop()
+    torch.set_num_threads(cfg.torch_threads or max(1, math.ceil(cfg.cpus_per_worker)))
 
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank (DDP also broadcasts rank 0's)
     resume = latest_checkpoint(cfg.output, options)
@@ -311,6 +331,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     spe = cfg.steps_per_epoch or max(1, math.ceil(n_train / (cfg.batch_size * world)))
     total = cfg.epochs * spe if cfg.max_steps is None else min(cfg.epochs * spe, cfg.max_steps)
 
+    takes_hints = bool(getattr(training.unwrap(model), "accepts_hints", False))
+    hint_sim = cfg.hint_simulation() if takes_hints else None
+    val_hints = cfg.val_hints if takes_hints else 0
     val_images, history, gray = [], [], {}
     if rank == 0:
         if cfg.val_manifest:
@@ -333,11 +356,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         t0, sums, n = time.monotonic(), {}, 0
         while state.step < end:
             l, ab = data.sample(cfg.batch_size, crop, rng, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio))
+            hints = None
+            if hint_sim is not None:
+                hints = tuple(t.to(device) for t in simulate_hints(ab, rng, hint_sim))
             # From the config, every step (a resumed run included: a later phase can anneal), both networks.
             for opt in (state.optimizer, state.d_optimizer):
                 for group in (opt.param_groups if opt is not None else []):
                     group["lr"] = cfg.lr_at(state.step, total)
-            losses = training.train_step(state, l.to(device), ab.to(device))
+            losses = training.train_step(state, l.to(device), ab.to(device), hints)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
@@ -358,6 +384,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if val_images:
                 val = training.summarize(training.evaluate(net, val_images, cfg.preprocessing()))
                 record.update({f"val_{k}": val[k] for k in ("psnr", "ssim", "colorfulness")})
+                if val_hints:
+                    hinted = training.summarize(training.evaluate(net, val_images, cfg.preprocessing(),
+                                                                  n_hints=val_hints, hint_radius=cfg.hint_radius))
+                    record.update({f"val_hints{val_hints}_{k}": hinted[k] for k in ("psnr", "ssim", "colorfulness")})
                 record.update({f"gray_{k}": gray[k] for k in ("psnr", "ssim", "colorfulness")})
             save(cfg, net, state, record, crop, n_train)
             history.append(record)
@@ -378,10 +408,15 @@ def save(cfg: TrainConfig, net: torch.nn.Module, state: training.TrainState, rec
         storage_options=options, step=state.step, epoch=state.epoch, metrics=record,
         data={"train_manifest": cfg.train_manifest, "val_manifest": cfg.val_manifest, "train_images": n_train,
               "crop_size": crop, "crop_scale": list(cfg.crop_scale), "crop_ratio": list(cfg.crop_ratio),
-              "augment": "random resized crop + hflip"},
+              "augment": "random resized crop + hflip",
+              **({"hints": {"simulation": "SIGGRAPH17 (colorize_core.hints.simulate_hints)", "p": cfg.hint_p,
+                            "patch": list(cfg.hint_patch), "sigma": cfg.hint_sigma,
+                            "hint_free_batches": cfg.hint_free_batches}}
+                 if getattr(net, "accepts_hints", False) else {})},
         training={"loss": cfg.resolved_loss(), "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
                   "init_weights": cfg.init_weights, "batch_size": cfg.batch_size,
-                  "num_workers": cfg.num_workers, "seed": cfg.seed, "freeze_encoder": cfg.freeze_encoder,
+                  "num_workers": cfg.num_workers, "torch_threads": cfg.torch_threads or math.ceil(cfg.cpus_per_worker),
+                  "seed": cfg.seed, "freeze_encoder": cfg.freeze_encoder,
                   "ema_decay": cfg.ema_decay,
                   "encoder_weights": cfg.encoder_weights,
                   **({"rebalance_mix": cfg.rebalance_mix, "rebalance_power": cfg.rebalance_power}

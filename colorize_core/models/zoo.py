@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .checkpoint import checkpoint_preprocessing
 from .eccv16 import ECCV16Colorizer
+from .effnet_guided import GuidedEffNetUNet
 from .effnet_unet import EffNetUNetColorizer
 from .registry import ModelEntry, register_model
 from .siggraph17 import SIGGRAPH17Colorizer
@@ -191,5 +192,20 @@ EFFNET_UNET = register_model(
               "(encoder); the decoder and the fine-tuned encoder trained by this project.",
         weights=_EFFNET_UNET_WEIGHTS,
         default_weights="bundled" if _EFFNET_UNET_WEIGHTS else None,
+    )
+)
+
+EFFNET_GUIDED = register_model(
+    ModelEntry(
+        name="effnet_guided",
+        builder=GuidedEffNetUNet,
+        input_size=GuidedEffNetUNet.input_size,
+        num_params=3_496_546,
+        description="effnet_unet taking SIGGRAPH17 colour hints (ab + mask at the model's size) through "
+                    "zero-initialised layers at the encoder's stem and the decoder's merges; automatic "
+                    "without hints.",
+        paper="Zhang, Zhu, Isola, Geng, Lin, Yu, Efros. Real-Time User-Guided Image Colorization with Learned "
+              "Deep Priors. SIGGRAPH 2017 (input convention and hint simulation); encoder as effnet_unet.",
+        accepts_hints=True,
     )
 )
