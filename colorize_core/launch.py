@@ -98,9 +98,10 @@ def load_config(cls, args: argparse.Namespace, flags: dict[str, Any], defaults: 
 # --------------------------------------------------------------------------------------------- Ray
 
 
-def init_ray(address: str | None = None, verbose: bool = False) -> None:
+def init_ray(address: str | None = None, verbose: bool = False, worker_logs: bool | None = None) -> None:
     """Start or join Ray, quietly unless ``verbose``: no token-auth notice, no C++ error-level chatter about
-    actor constructor arguments, Ray Data's own progress blocks off (the job draws one bar)."""
+    actor constructor arguments, Ray Data's own progress blocks off (the job draws one bar). ``worker_logs``
+    (default: ``verbose``) forwards the workers' output: the train job's per-epoch lines come from them."""
     if not verbose:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray
@@ -113,7 +114,7 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         with _quiet_stderr(not verbose):
             ray.init(address=address, logging_level=logging.INFO if verbose else logging.WARNING,
-                     log_to_driver=verbose, configure_logging=True)
+                     log_to_driver=verbose if worker_logs is None else worker_logs, configure_logging=True)
     quiet_ray_data(verbose)
 
 

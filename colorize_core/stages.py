@@ -15,7 +15,7 @@ converted to sRGB band by band in float32, so memory stays bounded for any scan)
 and scores the written file. A failure in any row becomes ``status='error'`` with a one-line reason;
 the batch carries on.
 
-Model evaluation (jobs/evaluate.py) reuses the same stages: one ``DecodeStage`` that emits the L of
+Model evaluation (colorize_core/evaluate.py) reuses the same stages: one ``DecodeStage`` that emits the L of
 every distinct model input size, one ``InferenceStage`` per model (each reads its size's L column and
 adds its own ab column), then ``EvalComposeStage``, which composes, writes and scores every model's
 output (and the ``gray`` baseline, ab = 0) and emits one metrics row per (image, model).

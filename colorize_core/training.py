@@ -1,6 +1,6 @@
 """Training building blocks: data, losses, one train step per architecture family, validation.
 
-Pure library code (no Ray): ``jobs/train.py`` runs these inside Ray Train workers, tests run them
+Pure library code (no Ray): :mod:`colorize_core.train` runs these inside Ray Train workers, tests run them
 directly. Training data is a Parquet manifest of colour images (``image_id, uri``). The sets this
 project trains on are small (tens to thousands of images), so each worker decodes its shard once,
 keeps it as Lab, and samples random crops from memory; a crop takes a random square of

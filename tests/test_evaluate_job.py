@@ -18,12 +18,13 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from colorize_core import color, storage
+from colorize_core import evaluate as ev
 from colorize_core.config import load_yaml
+from colorize_core.launch import EXIT_FAILED, EXIT_OK
 from colorize_core.models.checkpoint import save_checkpoint
 from colorize_core.models.registry import get_entry
 from colorize_core.ray_adapter import plan_resources
 from colorize_core.stages import DecodeStage, EvalComposeStage, InferenceStage, ScoredModel, apply_protocol
-from jobs import evaluate as ev
 from tests import jobkit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,7 +201,7 @@ def test_models_without_weights_fail_clearly(tmp_path, capsys):
     uris = jobkit.put_images(str(tmp_path / "in"), {"a.jpg": jobkit.colour_images(1)[0]})
     manifest = jobkit.write_manifest(str(tmp_path / "m.parquet"), [{"image_id": "a", "uri": uris["a.jpg"]}])
     code = ev.main(["--manifest", manifest, "--output", str(tmp_path / "out"), "--models", "eccv16", "--quiet"])
-    assert code == ev.EXIT_FAILED
+    assert code == EXIT_FAILED
     err = capsys.readouterr().err
     assert "model 'eccv16' has no weights" in err and "--weights official" in err
     assert not (tmp_path / "out").exists(), "nothing may run on random weights"
@@ -218,7 +219,7 @@ def test_local_evaluation_summary_baseline_and_report(ray_cluster, chromium, tmp
     out = tmp_path / "out"
     code = ev.main(["--manifest", manifest, "--output", str(out), "--models", ",".join(models), "--sample-size", "3",
                     "--batch-size", "4", "--quiet"])
-    assert code == ev.EXIT_OK
+    assert code == EXIT_OK
     labels = ["gray", "seed1", "seed2", "small"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"] == "full" and summary["n_images"] == len(rows)
