@@ -35,7 +35,7 @@ from .config import StorageConfig, merge
 from .errors import UserError
 from .hints import HintSimulation, simulate_hints
 from .launch import EXIT_OK
-from .models import checkpoint, get_entry
+from .models import checkpoint, get_entry, load_checkpoint
 from .models.preprocess import Preprocessing
 
 LATEST_FILE = "latest"
@@ -307,7 +307,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         disc = PatchDiscriminator()
     train_state = None
     if resume:
-        module, meta = checkpoint.load_checkpoint(resume, options)
+        module, meta = load_checkpoint(resume, options)
         model.load_state_dict(module.state_dict())
         train_state = checkpoint.load_train_state(resume, options)
     data = training.LabImageSet.from_manifest(cfg.train_manifest, rank=rank, world_size=world,

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import color
-from .models.eccv16 import AB_NORM
+from .models.common import AB_NORM
 from .models.preprocess import Preprocessing
 
 LossName = Literal["l1", "mse", "l1_rebalanced", "gan"]

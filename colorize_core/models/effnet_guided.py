@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .eccv16 import AB_NORM, _check_l
+from .common import AB_NORM, check_l
 from .efficientnet import Conv2dSame
 from .effnet_unet import EffNetUNetColorizer
 
@@ -71,7 +71,7 @@ class GuidedEffNetUNet(EffNetUNetColorizer):
 
     def forward(self, l: torch.Tensor, ab_hint: torch.Tensor | None = None,
                 hint_mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_l(l, multiple=32, name="effnet_guided")
+        check_l(l, multiple=32, name="effnet_guided")
         if ab_hint is None and hint_mask is None:
             return self._colorize(l)
         b, _, h, w = l.shape

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .eccv16 import AB_NORM, _check_l
+from .common import AB_NORM, check_l
 from .efficientnet import FEATURE_CHANNELS, EfficientNetLite0, normalize
 from .weights import WeightsError, load_state_dict
 
@@ -82,7 +82,7 @@ class EffNetUNetColorizer(nn.Module):
         self.encoder_frozen = False
 
     def forward(self, l: torch.Tensor) -> torch.Tensor:
-        _check_l(l, multiple=32, name="effnet_unet")
+        check_l(l, multiple=32, name="effnet_unet")
         return self._colorize(l)
 
     def _colorize(self, l: torch.Tensor, stem_add: torch.Tensor | None = None,

