@@ -103,6 +103,9 @@ class TrainConfig(BaseModel):
     lr_decay_from: int = Field(0, ge=0, description="cosine: the step the decay starts at (a later phase "
                                                     "resuming at step N sets N).")
     lr_min: float = Field(0.0, ge=0, description="cosine: the learning rate at the last step.")
+    lr_scales: dict[str, float] = Field(default_factory=dict, description="Learning-rate multipliers by parameter "
+                                        "name prefix, e.g. {hint_: 10}: layers added at zero to a pretrained "
+                                        "network learn faster than the rest, which only needs nudging.")
     hint_p: float = Field(1 / 8, gt=0, le=1, description="Models that take hints: the number of simulated "
                           "hints per image is geometric on 0, 1, 2, ... with this p (SIGGRAPH17: 1/8, mean 7).")
     hint_patch: tuple[int, int] = Field((1, 9), description="Side range (px at crop size) of each simulated "
@@ -325,7 +328,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         disc = ray.train.torch.prepare_model(disc)
     state = training.build_train_state(model, lr=cfg.lr, loss=loss_name, weight_decay=cfg.weight_decay,
                                        discriminator=disc, gan_mode=cfg.gan_mode, l1_lambda=cfg.l1_lambda,
-                                       bin_weights=bin_weights)
+                                       bin_weights=bin_weights, lr_scales=cfg.lr_scales)
     if cfg.ema_decay:
         state.ema = training.WeightEMA(model, cfg.ema_decay)
     if train_state is not None:
@@ -366,7 +369,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             # From the config, every step (a resumed run included: a later phase can anneal), both networks.
             for opt in (state.optimizer, state.d_optimizer):
                 for group in (opt.param_groups if opt is not None else []):
-                    group["lr"] = cfg.lr_at(state.step, total)
+                    group["lr"] = cfg.lr_at(state.step, total) * group.get("lr_scale", 1.0)
             losses = training.train_step(state, l.to(device), ab.to(device), hints)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -418,7 +421,7 @@ def save(cfg: TrainConfig, net: torch.nn.Module, state: training.TrainState, rec
                             "hint_free_batches": cfg.hint_free_batches}}
                  if getattr(net, "accepts_hints", False) else {})},
         training={"loss": cfg.resolved_loss(), "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
-                  "init_weights": cfg.init_weights, "batch_size": cfg.batch_size,
+                  "init_weights": cfg.init_weights, "batch_size": cfg.batch_size, "lr_scales": cfg.lr_scales,
                   "num_workers": cfg.num_workers, "torch_threads": cfg.torch_threads or math.ceil(cfg.cpus_per_worker),
                   "seed": cfg.seed, "freeze_encoder": cfg.freeze_encoder,
                   "ema_decay": cfg.ema_decay,

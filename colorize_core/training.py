@@ -290,11 +290,31 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+def param_groups(model: nn.Module, lr_scales: dict[str, float]) -> list[dict[str, Any]]:
+    """Optimizer groups: every parameter whose name starts with a prefix of ``lr_scales`` in that prefix's
+    group (``lr_scale`` = its multiplier; the first matching prefix wins), the rest in group 0 (scale 1).
+    A pure function of the names, so a resumed run's optimizer state loads into the same groups.
+
+    Why: layers added to a pretrained network at zero (the guided model's hint layers) start from nothing
+    while the rest only needs nudging; at one learning rate the new layers learn too slowly, or the
+    pretrained ones forget."""
+    groups: dict[str, list[nn.Parameter]] = {"": [], **{p: [] for p in lr_scales}}
+    for name, param in unwrap(model).named_parameters():
+        groups[next((p for p in lr_scales if name.startswith(p)), "")].append(param)
+    empty = [p for p, params in groups.items() if p and not params]
+    if empty:
+        raise ValueError(f"lr_scales prefix(es) {empty} match no parameter of {type(unwrap(model)).__name__}")
+    return [{"params": groups[""], "lr_scale": 1.0},
+            *({"params": groups[p], "lr_scale": float(lr_scales[p])} for p in lr_scales)]
+
+
 def build_train_state(model: nn.Module, *, lr: float, loss: str = "l1", betas: tuple[float, float] = (0.9, 0.999),
                       weight_decay: float = 0.0, discriminator: nn.Module | None = None, gan_mode: str = "bce",
-                      l1_lambda: float = 100.0, bin_weights: torch.Tensor | None = None) -> TrainState:
+                      l1_lambda: float = 100.0, bin_weights: torch.Tensor | None = None,
+                      lr_scales: dict[str, float] | None = None) -> TrainState:
     """Adam for regression models; for ``loss='gan'`` (pix2pix) Adam(beta1=0.5) on both networks, as
-    in the paper."""
+    in the paper. ``lr_scales`` (parameter-name prefix -> multiplier) puts those parameters in their own
+    groups with ``lr_scale`` set; group 0 is the rest, at scale 1."""
     if loss == "gan":
         if discriminator is None:
             raise ValueError("loss='gan' needs a discriminator (pix2pix.PatchDiscriminator)")
@@ -306,7 +326,7 @@ def build_train_state(model: nn.Module, *, lr: float, loss: str = "l1", betas: t
         d_opt = None
     # Every parameter, frozen ones included (they get no gradient, so Adam skips them): the optimizer's
     # state then loads unchanged when a later phase unfreezes them.
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    opt = torch.optim.Adam(param_groups(model, lr_scales or {}), lr=lr, betas=betas, weight_decay=weight_decay)
     return TrainState(model, opt, loss, discriminator, d_opt, gan_mode, l1_lambda, bin_weights)
 
 
