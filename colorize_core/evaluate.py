@@ -2,6 +2,7 @@
 
     python -m jobs.evaluate --manifest URI --output URI --models eccv16,siggraph17,s3://.../ckpt \
         --weights eccv16=official,siggraph17=official [--protocol full|resize256|center_crop256] [--config YAML]
+    python -m jobs.evaluate --manifest URI --output URI --models effnet_guided,effnet_unet --hints 10 [--hint-seed 0]
 
 Each colour original is reduced to its L (grayscale), colorized by every model and scored against the
 original with the colorize job's own stages and metric code, in one Ray run: decode once (one L per
@@ -9,7 +10,10 @@ distinct model input size), one inference actor pool per model side by side, the
 stage that writes each model's output and emits one metrics row per (image, model). A ``gray``
 baseline (ab = 0: the input itself) is always scored, so every model is also reported as a paired
 per-image difference against doing nothing. A ``--models`` entry is a registry name, a checkpoint
-directory URI (labelled by its last path component) or ``label=URI``.
+directory URI (labelled by its last path component) or ``label=URI``. With ``--hints N`` every model
+that takes hints is scored a second time, as ``<label>_hints<N>``, with N hints sampled from each
+original (:func:`colorize_core.hints.sample_hints`, seeded by ``--hint-seed`` and the image id), and the
+summary adds the paired per-image difference the hints make (``vs_no_hints``).
 
 Output layout under --output:
     images/<model>/<image_id>.<ext>  every model's output (and gray's), at the protocol's geometry
@@ -39,6 +43,7 @@ from pydantic import Field
 from . import imageio, launch, runstate, storage
 from . import manifest as manifest_mod
 from .config import JobConfig
+from .errors import UserError
 from .imageio import DEFAULT_MAX_PIXELS
 from .launch import Progress, package_versions
 from .pipeline import check_counts, check_model_name, drain
@@ -73,6 +78,14 @@ class EvaluateConfig(JobConfig):
     bootstrap_resamples: int = Field(2000, ge=100, description="Resamples of the paired differences "
                                      "against gray for their 95% percentile interval.")
     seed: int = Field(0, description="Seed of the bootstrap and of the report's random sample.")
+    hints: int = Field(0, ge=0, description="Also score every model that takes hints with this many hints "
+                       "sampled from each original (colorize_core.hints.sample_hints: positions around the centre "
+                       "as in training, colours the original's mean ab under each painted square), labelled "
+                       "<label>_hints<N> beside its no-hint score; 0 = not.")
+    hint_seed: int = Field(0, description="Seed of the sampled hints (with each image id): the same points for "
+                           "every model, run and machine.")
+    hint_radius: int = Field(2, ge=0, description="Sampled hints paint a (2r+1)^2 square at model size (the "
+                             "colorize job's default).")
 
 
 def model_specs(cfg: EvaluateConfig) -> list[tuple[str, str, str | None]]:
@@ -102,6 +115,38 @@ def model_specs(cfg: EvaluateConfig) -> list[tuple[str, str, str | None]]:
     return specs
 
 
+def hinted_label(label: str, n: int) -> str:
+    return f"{label}_hints{n}"
+
+
+def hinted_base(label: str, n: int) -> str:
+    return label.removesuffix(f"_hints{n}")
+
+
+def with_hinted_runs(models: list[tuple], n_hints: int) -> list[tuple]:
+    """(label, spec, weights, info, hinted) per scored run: with ``n_hints``, each model that takes hints is
+    scored twice, without hints under its label and with them as ``<label>_hints<N>``."""
+    if not n_hints:
+        return models
+    takers = [m for m in models if m[3].accepts_hints]
+    if not takers:
+        raise UserError(f"--hints {n_hints}: none of --models ({', '.join(m[0] for m in models)}) takes hints; "
+                        f"add one that does (e.g. effnet_guided) or leave --hints out")
+    if len({tuple(m[3].input_size) for m in takers}) > 1:
+        raise UserError(f"--hints {n_hints}: the models that take hints have different input sizes "
+                        f"({', '.join(f'{m[0]}: {m[3].input_size}' for m in takers)}); evaluate them in separate runs")
+    out = []
+    for label, spec, weights, info, _ in models:
+        out.append((label, spec, weights, info, False))
+        if info.accepts_hints:
+            out.append((hinted_label(label, n_hints), spec, weights, info, True))
+    labels = [m[0] for m in out]
+    clash = sorted({x for x in labels if labels.count(x) > 1})
+    if clash:
+        raise UserError(f"--hints {n_hints}: the label(s) {clash} are taken by another --models entry; rename it")
+    return out
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -122,7 +167,8 @@ def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool =
     for label, spec, weights in specs:
         check_model_name(spec)
         _, model_info = load_model(spec, weights, storage_options=options)
-        models.append((label, spec, weights, model_info))
+        models.append((label, spec, weights, model_info, False))
+    models = with_hinted_runs(models, cfg.hints)
     runstate.reset_evaluation(cfg.output, options)
     storage.write_bytes(storage.join(cfg.output, "config.json"), json.dumps(cfg.resolved(), indent=2).encode(),
                         options)
@@ -132,17 +178,20 @@ def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool =
     per_image = len(models) + 1
     launch.init_ray(ray_address, verbose)
     res = plan_resources(cfg, pools=len(models))
-    sizes = tuple(dict.fromkeys(tuple(m[3].input_size) for m in models))
+    # The hint maps are painted at the decode's first size: that of the hint-taking models.
+    sizes = tuple(dict.fromkeys([*(tuple(m[3].input_size) for m in models if m[4]),
+                                 *(tuple(m[3].input_size) for m in models)]))
     decode = DecodeStage(options, cfg.output, cfg.output_format, sizes[0], max_pixels=cfg.max_pixels,
-                         sizes=sizes, protocol=cfg.protocol)
+                         sizes=sizes, protocol=cfg.protocol, accepts_hints=any(m[4] for m in models),
+                         hint_radius=cfg.hint_radius, sample_hints=cfg.hints, hint_seed=cfg.hint_seed)
     infer = []
-    for j, (label, spec, weights, model_info) in enumerate(models):
+    for j, (label, spec, weights, model_info, hinted) in enumerate(models):
         column = decode.column(model_info.input_size)
         later = any(decode.column(m[3].input_size) == column for m in models[j + 1:])
         infer.append(InferenceStage(spec, weights, {}, options, res.device, cfg.inference.precision,
                                     cfg.inference.max_precision_error, cfg.inference.channels_last, res.threads,
                                     cfg.inference.batch_size, input_column=column, output_column=f"ab_{label}",
-                                    seconds_column=f"seconds_{label}", keep_input=later))
+                                    seconds_column=f"seconds_{label}", keep_input=later, use_hints=hinted))
     scored = (ScoredModel(GRAY_BASELINE),
               *(ScoredModel(label, f"ab_{label}", f"seconds_{label}") for label, *_ in models))
     compose = EvalComposeStage(options, cfg.output, scored, cfg.protocol, cfg.output_format, cfg.quality,
@@ -154,7 +203,8 @@ def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool =
 
     table = read_metrics(cfg.output, options)
     labels = [GRAY_BASELINE, *(m[0] for m in models)]
-    summary = summarize(table, labels, cfg.bootstrap_resamples, cfg.seed)
+    summary = summarize(table, labels, cfg.bootstrap_resamples, cfg.seed,
+                        without_hints={m[0]: hinted_base(m[0], cfg.hints) for m in models if m[4]})
     summary.update({
         "manifest": cfg.manifest,
         "output": cfg.output,
@@ -165,8 +215,12 @@ def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool =
         "counts": {"rows": counts["ok"] + counts["error"], **counts},
         "models": [{"label": GRAY_BASELINE, "source": "baseline: ab = 0 (the grayscale input itself)"}] + [
             {"label": label, "source": spec, "name": mi.name, "weights": mi.weights,
-             "weights_sha256": mi.weights_sha256, "input_size": list(mi.input_size), "num_params": mi.num_params}
-            for label, spec, _, mi in models],
+             "weights_sha256": mi.weights_sha256, "input_size": list(mi.input_size), "num_params": mi.num_params,
+             "hints": cfg.hints if hinted else 0}
+            for label, spec, _, mi, hinted in models],
+        "hints": ({"n": cfg.hints, "seed": cfg.hint_seed, "radius": cfg.hint_radius,
+                   "sampler": "colorize_core.hints.sample_hints (per image, seeded by seed and image_id)"}
+                  if cfg.hints else None),
         "wall_seconds": time.monotonic() - t0,
         "packages": package_versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -212,9 +266,12 @@ def bootstrap_ci(diffs: np.ndarray, resamples: int, seed: int) -> tuple[float, f
     return float(lo), float(hi)
 
 
-def summarize(table: pa.Table, labels: list[str], resamples: int, seed: int) -> dict[str, Any]:
+def summarize(table: pa.Table, labels: list[str], resamples: int, seed: int,
+              without_hints: dict[str, str] | None = None) -> dict[str, Any]:
     """Per-model statistics over ok rows, and each model's paired per-image difference against gray
-    (over images both scored with a finite value; an exact reproduction has PSNR inf and is left out)."""
+    (over images both scored with a finite value; an exact reproduction has PSNR inf and is left out);
+    ``without_hints`` (hinted label -> the same model's no-hint label) adds the paired difference that the
+    hints make, as ``vs_no_hints``."""
     rows = table.to_pylist()
     values: dict[str, dict[str, dict[str, float]]] = {m: {k: {} for k in SUMMARY_METRICS} for m in labels}
     stats: dict[str, Any] = {}
@@ -225,22 +282,28 @@ def summarize(table: pa.Table, labels: list[str], resamples: int, seed: int) -> 
         for k in SUMMARY_METRICS:
             values[m][k] = {r["image_id"]: r[k] for r in ok if r[k] is not None and math.isfinite(r[k])}
             stats[m][k] = describe(np.array(list(values[m][k].values()), np.float64))
-    vs_gray: dict[str, Any] = {}
-    for m in labels:
-        if m == GRAY_BASELINE:
-            continue
-        vs_gray[m] = {}
+
+    def paired(m: str, base: str) -> dict[str, Any]:
+        out = {}
         for k in SUMMARY_METRICS:
-            ids = sorted(set(values[m][k]) & set(values[GRAY_BASELINE][k]))
-            d = np.array([values[m][k][i] - values[GRAY_BASELINE][k][i] for i in ids], np.float64)
+            ids = sorted(set(values[m][k]) & set(values[base][k]))
+            d = np.array([values[m][k][i] - values[base][k][i] for i in ids], np.float64)
             lo, hi = bootstrap_ci(d, resamples, seed) if len(d) else (math.nan, math.nan)
-            vs_gray[m][k] = {"n": len(d), "mean": _number(d.mean()) if len(d) else None,
-                             "ci95_low": _number(lo), "ci95_high": _number(hi)}
-    return {"metrics": stats, "vs_gray": vs_gray,
-            "statistics": {"std": "sample standard deviation (ddof=1)", "p5": "5th percentile (linear)",
-                           "vs_gray": "mean of the per-image difference model - gray; 95% percentile bootstrap "
-                                      "interval of that mean",
-                           "bootstrap_resamples": resamples, "seed": seed}}
+            out[k] = {"n": len(d), "mean": _number(d.mean()) if len(d) else None,
+                      "ci95_low": _number(lo), "ci95_high": _number(hi)}
+        return out
+
+    vs_gray = {m: paired(m, GRAY_BASELINE) for m in labels if m != GRAY_BASELINE}
+    summary = {"metrics": stats, "vs_gray": vs_gray,
+               "statistics": {"std": "sample standard deviation (ddof=1)", "p5": "5th percentile (linear)",
+                              "vs_gray": "mean of the per-image difference model - gray; 95% percentile "
+                                         "bootstrap interval of that mean",
+                              "bootstrap_resamples": resamples, "seed": seed}}
+    if without_hints:
+        summary["vs_no_hints"] = {m: {"without_hints": base, **paired(m, base)} for m, base in without_hints.items()}
+        summary["statistics"]["vs_no_hints"] = ("mean of the per-image difference model with hints - the same "
+                                                "model without; 95% percentile bootstrap interval of that mean")
+    return summary
 
 
 def summary_table(summary: dict[str, Any]) -> pa.Table:
@@ -351,7 +414,7 @@ window.addEventListener("load", function () {{
 </head><body>
 <h1>Colorization model evaluation</h1>
 <p>{n_images} images from <code>{manifest}</code>. Protocol <b>{protocol}</b>: {protocol_description}.
-Outputs written as {output_format} and scored from the written files against the colour originals.</p>
+Outputs written as {output_format} and scored from the written files against the colour originals.{hints_note}</p>
 <h2>Summary</h2>
 <p><small>Per model: mean ± sample std, then median and 5th percentile, over the images it scored.
 Δ vs gray: mean per-image difference against the gray baseline (the input itself, ab = 0), with a
@@ -420,7 +483,10 @@ def write_report(cfg: EvaluateConfig, table: pa.Table, summary: dict[str, Any], 
     page = _PAGE.format(
         n_images=summary["n_images"], manifest=html.escape(cfg.manifest), protocol=html.escape(cfg.protocol),
         protocol_description=html.escape(PROTOCOLS[cfg.protocol]), output_format=cfg.output_format,
-        resamples=cfg.bootstrap_resamples, seed=cfg.seed, summary_table=_summary_html(summary), grid=grid)
+        resamples=cfg.bootstrap_resamples, seed=cfg.seed, summary_table=_summary_html(summary), grid=grid,
+        hints_note=(f" Models labelled <code>_hints{cfg.hints}</code> were given {cfg.hints} colour hints sampled from "
+                    f"each original (seed {cfg.hint_seed}, painted with radius {cfg.hint_radius}); the same model "
+                    f"without a suffix had none." if cfg.hints else ""))
     storage.write_bytes(storage.join(cfg.output, "report.html"), page.encode(), options)
 
 
@@ -441,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=list(PROTOCOLS))
     p.add_argument("--output-format", dest="output_format", choices=["png", "jpeg", "jpg", "webp"])
     p.add_argument("--sample-size", dest="sample_size", type=int, help="images in the report grid")
+    p.add_argument("--hints", type=int, help="also score models that take hints with N hints sampled from each "
+                   "original (labelled <label>_hints<N>)")
+    p.add_argument("--hint-seed", dest="hint_seed", type=int, help="seed of the sampled hints (default 0)")
     launch.add_run_flags(p)
     return p
 
@@ -457,7 +526,7 @@ def _pairs(text: str) -> dict[str, str]:
 
 def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
     flags = {k: getattr(args, k) for k in ("manifest", "output", "protocol", "output_format", "sample_size",
-                                          "limit")}
+                                          "limit", "hints", "hint_seed")}
     flags["models"] = [s.strip() for s in args.models.split(",") if s.strip()] if args.models else None
     flags["weights"] = _pairs(args.weights) if args.weights else None
     flags["inference"] = launch.inference_flags(args)

@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageOps
 
 from . import color, errors, imageio, metrics, storage
-from .hints import paint_hints  # noqa: F401 - its home is hints.py; stages' callers import it from here
+from .hints import paint_hints, sample_hints  # paint_hints lives in hints.py; importable from here as before
 from .manifest import Shard, read_shard
 from .models.preprocess import Preprocessing
 from .schema import METRIC_COLUMNS
@@ -209,6 +209,9 @@ class DecodeStage:
     sizes: tuple[tuple[int, int], ...] = ()
     protocol: str = "full"
     resize: str = "bicubic"  # the weights entry's Preprocessing.resize
+    # Evaluation: instead of a manifest's hints, this many sampled from each decoded original (hints.sample_hints).
+    sample_hints: int = 0
+    hint_seed: int = 0
 
     def setup(self) -> None:
         pass
@@ -262,7 +265,11 @@ class DecodeStage:
                     l_model[i, 0] = model_input_l(rgb, self.input_size, self.resize)
                     for name, column in extra.items():
                         column[i, 0] = model_input_l(rgb, column.shape[-2:], self.resize)
-                    if self.accepts_hints and "hints" in batch:
+                    if self.accepts_hints and self.sample_hints:
+                        hints = sample_hints(rgb, self.sample_hints, str(image_id), size=self.input_size,
+                                             radius=self.hint_radius, seed=self.hint_seed)
+                        hint_ab[i], hint_mask[i] = paint_hints(hints, self.input_size, self.hint_radius)
+                    elif self.accepts_hints and "hints" in batch:
                         hint_ab[i], hint_mask[i] = paint_hints(batch["hints"][i], self.input_size, self.hint_radius)
                 status.append("ok")
                 error.append(None)
@@ -336,6 +343,7 @@ class InferenceStage:
     output_column: str = "ab"
     seconds_column: str = "seconds"
     keep_input: bool = False
+    use_hints: bool = True  # False: a hint-taking model scored without the batch's hints (evaluation)
 
     def setup(self) -> None:
         from .models import load_model
@@ -412,8 +420,9 @@ class InferenceStage:
         todo = np.flatnonzero((batch["status"] == "ok") & ~batch["reuse"].astype(bool))
         for s in range(0, len(todo), self.batch_size):
             idx = todo[s: s + self.batch_size]
-            hint_ab = torch.from_numpy(batch["hint_ab"][idx]) if "hint_ab" in batch else None
-            hint_mask = torch.from_numpy(batch["hint_mask"][idx]) if "hint_mask" in batch else None
+            hinted = self.use_hints and "hint_ab" in batch
+            hint_ab = torch.from_numpy(batch["hint_ab"][idx]) if hinted else None
+            hint_mask = torch.from_numpy(batch["hint_mask"][idx]) if hinted else None
             ab[idx] = self._forward(torch.from_numpy(np.ascontiguousarray(l[idx])), hint_ab, hint_mask,
                                     self.active_precision).numpy()
         drop = () if self.keep_input else (self.input_column, "hint_ab", "hint_mask")
