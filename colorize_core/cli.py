@@ -21,6 +21,7 @@ import torch
 from . import color, imageio, metrics, storage
 from .errors import UserError
 from .models.checkpoint import is_checkpoint_uri
+from .models.registry import DEFAULT_MODEL
 from .stages import compose, to_uint8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
-        sp.add_argument("--model", default="effnet_unet", help="registry name(s) or checkpoint URI (default: effnet_unet)")
+        sp.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name(s) or checkpoint URI (default: {DEFAULT_MODEL})")
         sp.add_argument("--weights", help="'official', path, https:// or s3:// URI; with several models "
                         "'official' (for those that have it) or name=URI,name=URI")
         sp.add_argument("--temperature", type=float, help="ECCV16 annealed-mean temperature")

@@ -60,7 +60,9 @@ COLORIZE_FLAGS = ("model", "weights", "temperature", "output_format", "quality",
 
 def add_colorize_flags(p: argparse.ArgumentParser) -> None:
     """The colorize job's flags (also every backfill's)."""
-    p.add_argument("--model", help="registry name or checkpoint directory URI (default: effnet_unet)")
+    from .models.registry import DEFAULT_MODEL
+
+    p.add_argument("--model", help=f"registry name or checkpoint directory URI (default: {DEFAULT_MODEL})")
     p.add_argument("--weights", help="'official', local path, https:// or s3:// URI")
     p.add_argument("--temperature", type=float, help="ECCV16 annealed-mean temperature")
     p.add_argument("--output-format", dest="output_format", choices=["jpeg", "jpg", "png", "webp"])

@@ -404,7 +404,8 @@ class InferenceStage:
                                      else None for t in (l, hint_ab, hint_mask))
         l = l.to(self.torch_device).contiguous(memory_format=mf)
         with self._autocast(precision):
-            if self.info.accepts_hints and hint_ab is not None:
+            # A batch without any hint runs the plain forward (the same output for the hint models here, cheaper).
+            if self.info.accepts_hints and hint_ab is not None and bool(hint_mask.any()):
                 out = self.module(l, hint_ab.to(self.torch_device).contiguous(memory_format=mf),
                                   hint_mask.to(self.torch_device).contiguous(memory_format=mf))
             else:

@@ -48,6 +48,9 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
+# The model every job and command uses when none is named (bundled weights, runs offline).
+DEFAULT_MODEL = "effnet_unet"
+
 
 def register_model(entry: ModelEntry) -> ModelEntry:
     if entry.name in _REGISTRY:
