@@ -19,13 +19,20 @@ Where the hints enter, and why two places:
   stride (mean hinted ab of the cell and whether the cell has a hint) through a small branch whose last
   convolution is zero-initialised. A short path from the point to the output: the hinted colour is
   reproduced where it was placed without having to survive twenty ImageNet-trained blocks, which
-  fine-tuning on a few hundred photos could not teach them quickly.
+  fine-tuning on a few hundred photos could not teach them quickly;
+* and, at the same merges, the hints **spread** by normalised Gaussian convolutions at ``propagation_px``
+  (default 16 and 48 px at the input size; :func:`propagated_hints`: the nearby hints' mean colour and how
+  near they are) through another zero-initialised branch: a dense prior of "which colour the nearest hints
+  say" that the decoder gates by what it sees, so a hint recolours its region, not only its cell. Measured
+  while training: without it the gain of 10 sampled hints on the held-out split levelled off near +1.1 dB.
 
 The hint layers have no bias and no normalisation, so all-zero hints add exactly nothing: the no-hint
 output is the shared network's, and ``model(l)`` skips the hint layers altogether.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +52,8 @@ def _zero(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
-def _hint_branch(cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(_HINT_CHANNELS, _BRANCH_WIDTH, 3, padding=1, bias=False), nn.ReLU(inplace=True),
+def _hint_branch(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, _BRANCH_WIDTH, 3, padding=1, bias=False), nn.ReLU(inplace=True),
                          _zero(nn.Conv2d(_BRANCH_WIDTH, cout, 3, padding=1, bias=False)))
 
 
@@ -57,6 +64,30 @@ def pooled_hints(ab_hint: torch.Tensor, hint_mask: torch.Tensor, stride: int) ->
     return torch.cat([ab / AB_NORM, (covered > 0).to(ab.dtype)], dim=1)
 
 
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian (peak 1, zero padding) over the last two dimensions of [B,C,H,W]."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    c = x.shape[1]
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
+
+
+def propagated_hints(cells: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tensor:
+    """[B,3*len(sigmas),h,w] from :func:`pooled_hints`' cells: per scale, the hints' ab spread by a normalised
+    Gaussian convolution (each cell's Gaussian-weighted mean of the hinted cells' colours) and its confidence
+    ``1 - exp(-weight)``, 0 far from any hint. A dense prior the decoder can gate by what it sees; zero
+    hints give zeros."""
+    ab, has = cells[:, :2], cells[:, 2:3]
+    out = []
+    for sigma in sigmas:
+        weight = _gaussian_blur(has, sigma)
+        spread = _gaussian_blur(ab * has, sigma) / weight.clamp_min(1e-6)
+        out += [spread * (weight > 1e-6), 1.0 - torch.exp(-weight)]
+    return torch.cat(out, dim=1)
+
+
 class GuidedEffNetUNet(EffNetUNetColorizer):
     """L [B,1,H,W] (+ ab hints [B,2,H,W] in Lab units and mask [B,1,H,W] in {0,1}) -> ab [B,2,H,W];
     H, W multiples of 32. ``decoder_channels`` as :class:`EffNetUNetColorizer`."""
@@ -64,10 +95,14 @@ class GuidedEffNetUNet(EffNetUNetColorizer):
     input_size = (192, 192)
     accepts_hints = True
 
-    def __init__(self, decoder_channels: tuple[int, ...] | list[int] = (96, 64)) -> None:
+    def __init__(self, decoder_channels: tuple[int, ...] | list[int] = (96, 64),
+                 propagation_px: tuple[float, ...] | list[float] = (16.0, 48.0)) -> None:
         super().__init__(decoder_channels)
         self.hint_stem = _zero(Conv2dSame(_HINT_CHANNELS, _STEM_WIDTH, 3, stride=2, bias=False))
-        self.hint_decoder = nn.ModuleList(_hint_branch(c) for c in self.decoder_widths)
+        self.hint_decoder = nn.ModuleList(_hint_branch(_HINT_CHANNELS, c) for c in self.decoder_widths)
+        self.propagation_px = tuple(float(p) for p in propagation_px)
+        self.hint_propagation = nn.ModuleList(
+            _hint_branch(3 * len(self.propagation_px), c) for c in self.decoder_widths) if self.propagation_px else None
 
     def forward(self, l: torch.Tensor, ab_hint: torch.Tensor | None = None,
                 hint_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,6 +117,13 @@ class GuidedEffNetUNet(EffNetUNetColorizer):
                 f"{None if hint_mask is None else tuple(hint_mask.shape)}")
         ab_hint, hint_mask = ab_hint.float(), hint_mask.float()
         stem = self.hint_stem(torch.cat([ab_hint * hint_mask / AB_NORM, hint_mask], dim=1))
-        merges = [branch(pooled_hints(ab_hint, hint_mask, 2 ** (4 - i)))
-                  for i, branch in enumerate(self.hint_decoder)]
+        merges = []
+        for i, branch in enumerate(self.hint_decoder):
+            stride = 2 ** (4 - i)
+            cells = pooled_hints(ab_hint, hint_mask, stride)
+            add = branch(cells)
+            if self.hint_propagation is not None:
+                sigmas = tuple(px / stride for px in self.propagation_px)
+                add = add + self.hint_propagation[i](propagated_hints(cells, sigmas))
+            merges.append(add)
         return self._colorize(l, stem, merges)

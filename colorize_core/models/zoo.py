@@ -197,10 +197,10 @@ EFFNET_GUIDED = register_model(
     ModelEntry(
         name="effnet_guided",
         builder=GuidedEffNetUNet,
-        num_params=3_496_546,
+        num_params=3_546_082,
         description="effnet_unet taking SIGGRAPH17 colour hints (ab + mask at the model's size) through "
-                    "zero-initialised layers at the encoder's stem and the decoder's merges; automatic "
-                    "without hints.",
+                    "zero-initialised layers at the encoder's stem and the decoder's merges (the hints as "
+                    "placed and spread by normalised Gaussian convolutions); automatic without hints.",
         paper="Zhang, Zhu, Isola, Geng, Lin, Yu, Efros. Real-Time User-Guided Image Colorization with Learned "
               "Deep Priors. SIGGRAPH 2017 (input convention and hint simulation); encoder as effnet_unet.",
         weights=_EFFNET_GUIDED_WEIGHTS,
