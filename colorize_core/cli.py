@@ -20,6 +20,7 @@ import numpy as np
 from . import imageio, metrics, render, storage
 from .errors import UserError
 from .models.checkpoint import is_checkpoint_uri
+from .models.registry import DEFAULT_MODEL
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
 
@@ -184,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
-        sp.add_argument("--model", default="effnet_unet", help="registry name(s) or checkpoint URI (default: effnet_unet)")
+        sp.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name(s) or checkpoint URI (default: {DEFAULT_MODEL})")
         sp.add_argument("--weights", help="'official', path, https:// or s3:// URI; with several models "
                         "'official' (for those that have it) or name=URI,name=URI")
         sp.add_argument("--temperature", type=float, help="ECCV16 annealed-mean temperature")

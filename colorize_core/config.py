@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from .errors import UserError
 from .imageio import DEFAULT_MAX_PIXELS
+from .models.registry import DEFAULT_MODEL
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -126,7 +127,7 @@ class JobConfig(_Strict):
 class ColorizeConfig(JobConfig):
     manifest: str = Field(..., description="Parquet file or prefix of files, local or s3://.")
     output: str = Field(..., description="Output prefix, local or s3://.")
-    model: str = Field("effnet_unet", description="Registry name or a trained checkpoint directory URI.")
+    model: str = Field(DEFAULT_MODEL, description="Registry name or a trained checkpoint directory URI.")
     weights: str | None = Field(None, description="'official', a local path, https:// or s3:// URI; "
                                 "default: the model's bundled weights if it has any.")
     temperature: float | None = Field(None, gt=0, description="ECCV16 annealed-mean temperature (paper: 0.38).")

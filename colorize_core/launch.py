@@ -63,7 +63,9 @@ COLORIZE_FLAGS = ("model", "weights", "temperature", "output_format", "quality",
 
 def add_colorize_flags(p: argparse.ArgumentParser) -> None:
     """The colorize job's flags (also every backfill's)."""
-    p.add_argument("--model", help="registry name or checkpoint directory URI (default: effnet_unet)")
+    from .models.registry import DEFAULT_MODEL
+
+    p.add_argument("--model", help=f"registry name or checkpoint directory URI (default: {DEFAULT_MODEL})")
     p.add_argument("--weights", help="'official', local path, https:// or s3:// URI")
     p.add_argument("--temperature", type=float, help="ECCV16 annealed-mean temperature")
     p.add_argument("--output-format", dest="output_format", choices=["jpeg", "jpg", "png", "webp"])
@@ -101,9 +103,10 @@ def load_config(cls, args: argparse.Namespace, flags: dict[str, Any], defaults: 
 # --------------------------------------------------------------------------------------------- Ray
 
 
-def init_ray(address: str | None = None, verbose: bool = False) -> None:
+def init_ray(address: str | None = None, verbose: bool = False, worker_logs: bool | None = None) -> None:
     """Start or join Ray, quietly unless ``verbose``: no token-auth notice, no C++ error-level chatter about
-    actor constructor arguments, Ray Data's own progress blocks off (the job draws one bar)."""
+    actor constructor arguments, Ray Data's own progress blocks off (the job draws one bar). ``worker_logs``
+    (default: ``verbose``) forwards the workers' output: the train job's per-epoch lines come from them."""
     if not verbose:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray
@@ -116,7 +119,7 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         with _quiet_stderr(not verbose):
             ray.init(address=address, logging_level=logging.INFO if verbose else logging.WARNING,
-                     log_to_driver=verbose, configure_logging=True)
+                     log_to_driver=verbose if worker_logs is None else worker_logs, configure_logging=True)
     quiet_ray_data(verbose)
 
 

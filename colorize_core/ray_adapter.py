@@ -227,3 +227,57 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[
     ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": compose, "fault": _fault(compose)},
                         batch_size=cfg.cpu.batch_size, batch_format="numpy", **image_args)
     return ds
+
+
+# --------------------------------------------------------------------------------------------- Ray Train
+
+
+class TrainWorker:
+    """What a training loop needs from Ray Train on its worker (rank, world size, device, DDP wrapping,
+    reporting), so that :mod:`colorize_core.train` never imports Ray."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+
+    @property
+    def device(self):
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    @staticmethod
+    def prepare(module):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(module)
+
+    @staticmethod
+    def report(metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        ray.train.report(metrics)
+
+
+def cluster_gpus() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def fit(loop, loop_config: dict[str, Any], *, num_workers: int, use_gpu: bool, cpus_per_worker: float,
+        storage_path: str | None, max_failures: int) -> dict[str, Any]:
+    """Run ``loop(loop_config)`` on ``num_workers`` Ray Train workers (data-parallel TorchTrainer); returns the
+    last reported metrics."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(name="train", storage_path=storage_path,
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    return dict(trainer.fit().metrics or {})

@@ -36,6 +36,7 @@ from PIL import Image, ImageOps
 
 from . import color, imageio
 from .errors import InputError
+from .hints import paint_hints
 from .models.preprocess import Preprocessing
 
 DEPTHS = (8, 16)
@@ -88,10 +89,6 @@ def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple
 def hint_maps(hints: Any, pre: Preprocessing, radius: int) -> tuple[np.ndarray, np.ndarray]:
     """SIGGRAPH17 hint map [2,h,w] and mask [1,h,w] at the model's input size; a bad hint is the input's fault
     (:class:`InputError`)."""
-    # paint_hints moves to colorize_core/hints.py (issue 17); imported here, not at the top, because stages.py
-    # (its present home) imports this module.
-    from .stages import paint_hints
-
     try:
         return paint_hints(hints, pre.input_size, radius)
     except (ValueError, KeyError, TypeError) as exc:

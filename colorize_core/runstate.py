@@ -71,6 +71,16 @@ def check_identity(output: str, identity: dict[str, Any], options, *, overwrite:
     return previous is not None
 
 
+def reset_evaluation(output: str, options) -> None:
+    """Before an evaluation: remove the previous evaluation's metrics, state and report (an evaluation
+    scores every row again; its images are overwritten). Refused, with one line, where ``output`` holds a
+    colorize run: its metrics and markers are not an evaluation's to delete."""
+    if storage.exists(state_uri(output, "run.json"), options):
+        raise UserError(f"{output} holds a colorize job's output; evaluate into another --output")
+    for stale in (storage.join(output, "metrics"), state_uri(output), storage.join(output, "report")):
+        storage.remove(stale, options)
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value)
     return text[:12] + "..." if isinstance(value, str) and len(value) == 64 else text

@@ -19,7 +19,7 @@ batch carries on; a transient one that outlasted the retries becomes ``status='t
 a failure to write an output (:class:`~colorize_core.errors.OutputError`) or an exception nobody expected,
 propagates: Ray Data fails the run and no shard in flight is recorded as finished.
 
-Model evaluation (jobs/evaluate.py) reuses the same stages: one ``DecodeStage`` that emits the L of
+Model evaluation (colorize_core/evaluate.py) reuses the same stages: one ``DecodeStage`` that emits the L of
 every distinct model preprocessing, one ``InferenceStage`` per model (each reads its L column and adds
 its own ab column), then ``EvalComposeStage``, which composes, writes and scores every model's
 output (and the ``gray`` baseline, ab = 0) and emits one metrics row per (image, model).
@@ -39,6 +39,7 @@ import torch
 
 from . import errors, imageio, metrics, render, storage
 from .errors import InputError, OutputError
+from .hints import sample_hints
 from .manifest import Shard, read_shard
 from .models.preprocess import Preprocessing
 from .schema import METRIC_COLUMNS, METRICS_SCHEMA
@@ -151,22 +152,6 @@ def _row_failure(exc: Exception) -> tuple[str, str]:
     return status, short_error(exc)
 
 
-def paint_hints(hints: Any, size: tuple[int, int], radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """SIGGRAPH17 hint map and mask at model size from [{x, y, a, b}] with x, y in [0, 1]."""
-    h, w = size
-    ab = np.zeros((2, h, w), np.float32)
-    mask = np.zeros((1, h, w), np.float32)
-    if hints is None or isinstance(hints, float):  # null cell (NaN once through Ray)
-        hints = ()
-    for hint in hints:
-        x, y = float(hint["x"]), float(hint["y"])
-        if not (0 <= x <= 1 and 0 <= y <= 1) or any(math.isnan(v) for v in (x, y, hint["a"], hint["b"])):
-            raise ValueError(f"hint outside the image: {dict(hint)}")
-        cx, cy = min(int(x * w), w - 1), min(int(y * h), h - 1)
-        ys, xs = slice(max(cy - radius, 0), cy + radius + 1), slice(max(cx - radius, 0), cx + radius + 1)
-        ab[0, ys, xs], ab[1, ys, xs] = float(hint["a"]), float(hint["b"])
-        mask[0, ys, xs] = 1.0
-    return ab, mask
 
 
 @dataclass
@@ -212,6 +197,9 @@ class DecodeStage:
     check_existing: bool = False
     more: tuple[Preprocessing, ...] = ()
     protocol: str = "full"
+    # Evaluation: instead of a manifest's hints, this many sampled from each decoded original (hints.sample_hints).
+    sample_hints: int = 0
+    hint_seed: int = 0
 
     def setup(self) -> None:
         pass
@@ -265,7 +253,11 @@ class DecodeStage:
                     l_model[i, 0] = pre.model_l(rgb)
                     for name, p in extra.items():
                         extra_l[name][i, 0] = p.model_l(rgb)
-                    if self.accepts_hints and "hints" in batch:
+                    if self.accepts_hints and self.sample_hints:
+                        hints = sample_hints(rgb, self.sample_hints, str(image_id), size=pre.input_size,
+                                             radius=self.hint_radius, seed=self.hint_seed)
+                        hint_ab[i], hint_mask[i] = render.hint_maps(hints, pre, self.hint_radius)
+                    elif self.accepts_hints and "hints" in batch:
                         hint_ab[i], hint_mask[i] = render.hint_maps(batch["hints"][i], pre, self.hint_radius)
                 status.append(errors.OK)
                 error.append(None)
@@ -340,6 +332,7 @@ class InferenceStage:
     output_column: str = "ab"
     seconds_column: str = "seconds"
     keep_input: bool = False
+    use_hints: bool = True  # False: a hint-taking model scored without the batch's hints (evaluation)
 
     def setup(self) -> None:
         from .models import load_model
@@ -400,7 +393,8 @@ class InferenceStage:
                                      else None for t in (l, hint_ab, hint_mask))
         l = l.to(self.torch_device).contiguous(memory_format=mf)
         with self._autocast(precision):
-            if self.info.accepts_hints and hint_ab is not None:
+            # A batch without any hint runs the plain forward (the same output for the hint models here, cheaper).
+            if self.info.accepts_hints and hint_ab is not None and bool(hint_mask.any()):
                 out = self.module(l, hint_ab.to(self.torch_device).contiguous(memory_format=mf),
                                   hint_mask.to(self.torch_device).contiguous(memory_format=mf))
             else:
@@ -416,8 +410,9 @@ class InferenceStage:
         todo = np.flatnonzero((batch["status"] == "ok") & ~batch["reuse"].astype(bool))
         for s in range(0, len(todo), self.batch_size):
             idx = todo[s: s + self.batch_size]
-            hint_ab = torch.from_numpy(batch["hint_ab"][idx]) if "hint_ab" in batch else None
-            hint_mask = torch.from_numpy(batch["hint_mask"][idx]) if "hint_mask" in batch else None
+            hinted = self.use_hints and "hint_ab" in batch
+            hint_ab = torch.from_numpy(batch["hint_ab"][idx]) if hinted else None
+            hint_mask = torch.from_numpy(batch["hint_mask"][idx]) if hinted else None
             ab[idx] = self._forward(torch.from_numpy(np.ascontiguousarray(l[idx])), hint_ab, hint_mask,
                                     self.active_precision).numpy()
         drop = () if self.keep_input else (self.input_column, "hint_ab", "hint_mask")

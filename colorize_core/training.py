@@ -1,6 +1,6 @@
 """Training building blocks: data, losses, one train step per architecture family, validation.
 
-Pure library code (no Ray): ``jobs/train.py`` runs these inside Ray Train workers, tests run them
+Pure library code (no Ray): :mod:`colorize_core.train` runs these inside Ray Train workers, tests run them
 directly. Training data is a Parquet manifest of colour images (``image_id, uri``). The sets this
 project trains on are small (tens to thousands of images), so each worker decodes its shard once,
 keeps it as Lab, and samples random crops from memory; a crop takes a random square of
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import color, render
-from .models.eccv16 import AB_NORM
+from .models.common import AB_NORM
 from .models.preprocess import Preprocessing
 
 LossName = Literal["l1", "mse", "l1_rebalanced", "gan"]
@@ -286,11 +286,31 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+def param_groups(model: nn.Module, lr_scales: dict[str, float]) -> list[dict[str, Any]]:
+    """Optimizer groups: every parameter whose name starts with a prefix of ``lr_scales`` in that prefix's
+    group (``lr_scale`` = its multiplier; the first matching prefix wins), the rest in group 0 (scale 1).
+    A pure function of the names, so a resumed run's optimizer state loads into the same groups.
+
+    Why: layers added to a pretrained network at zero (the guided model's hint layers) start from nothing
+    while the rest only needs nudging; at one learning rate the new layers learn too slowly, or the
+    pretrained ones forget."""
+    groups: dict[str, list[nn.Parameter]] = {"": [], **{p: [] for p in lr_scales}}
+    for name, param in unwrap(model).named_parameters():
+        groups[next((p for p in lr_scales if name.startswith(p)), "")].append(param)
+    empty = [p for p, params in groups.items() if p and not params]
+    if empty:
+        raise ValueError(f"lr_scales prefix(es) {empty} match no parameter of {type(unwrap(model)).__name__}")
+    return [{"params": groups[""], "lr_scale": 1.0},
+            *({"params": groups[p], "lr_scale": float(lr_scales[p])} for p in lr_scales)]
+
+
 def build_train_state(model: nn.Module, *, lr: float, loss: str = "l1", betas: tuple[float, float] = (0.9, 0.999),
                       weight_decay: float = 0.0, discriminator: nn.Module | None = None, gan_mode: str = "bce",
-                      l1_lambda: float = 100.0, bin_weights: torch.Tensor | None = None) -> TrainState:
+                      l1_lambda: float = 100.0, bin_weights: torch.Tensor | None = None,
+                      lr_scales: dict[str, float] | None = None) -> TrainState:
     """Adam for regression models; for ``loss='gan'`` (pix2pix) Adam(beta1=0.5) on both networks, as
-    in the paper."""
+    in the paper. ``lr_scales`` (parameter-name prefix -> multiplier) puts those parameters in their own
+    groups with ``lr_scale`` set; group 0 is the rest, at scale 1."""
     if loss == "gan":
         if discriminator is None:
             raise ValueError("loss='gan' needs a discriminator (pix2pix.PatchDiscriminator)")
@@ -302,12 +322,15 @@ def build_train_state(model: nn.Module, *, lr: float, loss: str = "l1", betas: t
         d_opt = None
     # Every parameter, frozen ones included (they get no gradient, so Adam skips them): the optimizer's
     # state then loads unchanged when a later phase unfreezes them.
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    opt = torch.optim.Adam(param_groups(model, lr_scales or {}), lr=lr, betas=betas, weight_decay=weight_decay)
     return TrainState(model, opt, loss, discriminator, d_opt, gan_mode, l1_lambda, bin_weights)
 
 
-def train_step(state: TrainState, l: torch.Tensor, ab: torch.Tensor) -> dict[str, float]:
-    """One optimisation step on a batch; returns the losses as floats (``loss`` is the generator's)."""
+def train_step(state: TrainState, l: torch.Tensor, ab: torch.Tensor,
+               hints: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+    """One optimisation step on a batch; returns the losses as floats (``loss`` is the generator's).
+    ``hints`` = (ab_hint, hint_mask) for a model that takes them (:func:`colorize_core.hints.simulate_hints`);
+    all-zero maps for a hint-free batch, so every parameter takes part in every step (DDP needs that)."""
     state.model.train()
     if state.loss == "gan":
         from .models.pix2pix import discriminator_loss, generator_loss
@@ -327,7 +350,8 @@ def train_step(state: TrainState, l: torch.Tensor, ab: torch.Tensor) -> dict[str
         out = {"loss": g_loss.item(), "g_adv": g_adv.item(), "l1": g_l1.item(), "d_loss": d_loss.item()}
     else:
         state.optimizer.zero_grad(set_to_none=True)
-        loss = regression_loss(state.model(l), ab, state.loss, state.bin_weights)
+        pred = state.model(l) if hints is None else state.model(l, *hints)
+        loss = regression_loss(pred, ab, state.loss, state.bin_weights)
         loss.backward()
         state.optimizer.step()
         out = {"loss": loss.item()}
@@ -345,10 +369,13 @@ def as_preprocessing(pre: Preprocessing | tuple[int, int]) -> Preprocessing:
     return pre if isinstance(pre, Preprocessing) else Preprocessing(tuple(pre))
 
 
-def colorize_rgb(model: nn.Module, rgb_u8: np.ndarray, preprocessing: Preprocessing | tuple[int, int]) -> np.ndarray:
+def colorize_rgb(model: nn.Module, rgb_u8: np.ndarray, preprocessing: Preprocessing | tuple[int, int],
+                 hints: list[dict[str, float]] | None = None, hint_radius: int = 2) -> np.ndarray:
     """Full-resolution colorization of one image, exactly as the jobs deliver it (:func:`render.colorize`), so
-    training's validation scores are the evaluate job's: uint8 sRGB [H,W,3]."""
-    return render.colorize(model, [rgb_u8], as_preprocessing(preprocessing))[0]
+    training's validation scores are the evaluate job's: uint8 sRGB [H,W,3]. ``hints`` (painted at the model's
+    size with ``hint_radius``) go to a model that takes them."""
+    return render.colorize(model, [rgb_u8], as_preprocessing(preprocessing), hints=[hints] if hints else None,
+                           hint_radius=hint_radius)[0]
 
 
 def gray_rgb(rgb_u8: np.ndarray) -> np.ndarray:
@@ -357,14 +384,21 @@ def gray_rgb(rgb_u8: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model: nn.Module | None, images: Iterable[tuple[str, np.ndarray]],
-             preprocessing: Preprocessing | tuple[int, int]) -> list[dict[str, Any]]:
+             preprocessing: Preprocessing | tuple[int, int], *, n_hints: int = 0, hint_seed: int = 0,
+             hint_radius: int = 2) -> list[dict[str, Any]]:
     """Per-image PSNR / SSIM against the original and colorfulness of the result, with
-    :mod:`colorize_core.metrics`. ``model=None`` scores the gray baseline."""
+    :mod:`colorize_core.metrics`. ``model=None`` scores the gray baseline. ``n_hints`` > 0: the model
+    also gets that many hints sampled from each original (:func:`colorize_core.hints.sample_hints`,
+    seeded by ``hint_seed`` and the image id, as the evaluate job's ``--hints``)."""
     from . import metrics
+    from .hints import sample_hints
 
+    pre = as_preprocessing(preprocessing)
     rows = []
     for image_id, rgb in images:
-        pred = gray_rgb(rgb) if model is None else colorize_rgb(model, rgb, preprocessing)
+        hints = (sample_hints(rgb, n_hints, image_id, size=pre.input_size, radius=hint_radius, seed=hint_seed)
+                 if n_hints else None)
+        pred = gray_rgb(rgb) if model is None else colorize_rgb(model, rgb, pre, hints, hint_radius)
         rows.append({"image_id": image_id, "psnr": float(metrics.psnr(pred, rgb)),
                      "ssim": float(metrics.ssim(pred, rgb)), "colorfulness": float(metrics.colorfulness(pred)),
                      "colorfulness_ref": float(metrics.colorfulness(rgb))})

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from colorize_core.config import ColorizeConfig, InferenceConfig, StorageConfig, load_yaml, merge
 from colorize_core.errors import UserError
+from colorize_core.models.registry import DEFAULT_MODEL
 from colorize_core.ray_adapter import plan_resources
 from colorize_core.storage import StorageOptions
 from jobs.colorize import build_parser, config_from_args
@@ -84,7 +85,7 @@ def test_out_of_range_values_are_rejected(field, value):
 
 def test_defaults():
     cfg = minimal()
-    assert cfg.model == "effnet_unet"
+    assert cfg.model == DEFAULT_MODEL
     assert cfg.output_format == "jpeg"
     assert cfg.weights is None
     assert cfg.inference == InferenceConfig()
@@ -122,7 +123,7 @@ def test_no_flags_gives_the_sample_run():
     cfg = from_flags()
     assert cfg.manifest == "samples"
     assert cfg.output == "out/colorize"
-    assert cfg.model == "effnet_unet"
+    assert cfg.model == DEFAULT_MODEL
     assert cfg.overwrite is False
 
 

@@ -18,15 +18,16 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from colorize_core import color, metrics, render, storage
+from colorize_core import evaluate as ev
 from colorize_core.config import load_yaml
 from colorize_core.errors import UserError
+from colorize_core.launch import EXIT_FAILED, EXIT_OK
 from colorize_core.models import load_model
 from colorize_core.models.checkpoint import save_checkpoint
 from colorize_core.models.preprocess import Preprocessing
 from colorize_core.models.registry import get_entry
 from colorize_core.ray_adapter import plan_resources
 from colorize_core.stages import DecodeStage, EvalComposeStage, InferenceStage, ScoredModel, apply_protocol
-from jobs import evaluate as ev
 from tests import jobkit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,11 +208,63 @@ def test_stages_chain_two_input_sizes_on_plain_dicts(tmp_path):
     np.testing.assert_array_equal(written, render.compose(source, batch["ab_big"][0], big_pre))  # the one compose
 
 
+def _guided_checkpoint(uri: str, seed: int = 0) -> str:
+    """A tiny effnet_guided at 64x64 whose hint layers are not zero, so hints change its output."""
+    torch.manual_seed(seed)
+    arguments = {"decoder_channels": [8]}
+    module = get_entry("effnet_guided").builder(**arguments).eval()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("hint_"):
+                p.normal_(0, 0.5)
+    return save_checkpoint(uri, module, architecture="effnet_guided", arguments=arguments, input_size=(64, 64))
+
+
+def test_sampled_hints_reach_only_the_hinted_run_on_plain_dicts(tmp_path):
+    """--hints: the decode stage paints hints sampled from each original (the same for the same image id),
+    the model's no-hint run ignores them and its hinted run uses them."""
+    options = storage.StorageOptions.from_env()
+    uris = jobkit.put_images(str(tmp_path / "in"), {"a.png": jobkit.colour_images(1, size=(80, 60))[0]})
+    batch = {"image_id": np.array(["a"], object), "uri": np.array([uris["a.png"]], object),
+             "shard_id": np.array(["s"], object)}
+    decode = DecodeStage(options, str(tmp_path / "out"), "png", (64, 64), accepts_hints=True, hint_radius=1,
+                         sample_hints=5, hint_seed=0)
+    first, again = decode(dict(batch)), decode(dict(batch))
+    assert 9 <= first["hint_mask"].sum() <= 45 and np.array_equal(first["hint_ab"], again["hint_ab"])
+    assert np.abs(first["hint_ab"]).max() > 0
+    guided = _guided_checkpoint(str(tmp_path / "guided"))
+    out = {}
+    for hinted in (False, True):
+        stage = InferenceStage(guided, output_column="ab", keep_input=True, use_hints=hinted, precision="fp32")
+        stage.setup()
+        out[hinted] = stage(dict(first))["ab"]
+    plain = InferenceStage(guided, output_column="ab", precision="fp32")
+    plain.setup()
+    no_maps = {k: v for k, v in first.items() if k not in ("hint_ab", "hint_mask")}
+    assert np.array_equal(out[False], plain(no_maps)["ab"])  # use_hints=False is exactly no hints
+    assert np.abs(out[True] - out[False]).max() > 1.0
+
+
+def test_hinted_runs_are_labelled_and_refused_where_nothing_takes_hints(tmp_path):
+    from colorize_core.errors import UserError
+    from colorize_core.models import load_model
+
+    guided = _guided_checkpoint(str(tmp_path / "guided"))
+    plain = jobkit.tiny_checkpoint(str(tmp_path / "plain"), seed=1)
+    runs = [(label, uri, None, load_model(uri)[1], False) for label, uri in (("g", guided), ("p", plain))]
+    assert [(m[0], m[4]) for m in ev.with_hinted_runs(runs, 10)] == [("g", False), ("g_hints10", True), ("p", False)]
+    assert ev.with_hinted_runs(runs, 0) == runs
+    with pytest.raises(UserError, match="none of --models"):
+        ev.with_hinted_runs(runs[1:], 10)
+    with pytest.raises(UserError, match="taken by another"):
+        ev.with_hinted_runs([*runs, ("g_hints10", plain, None, runs[1][3], False)], 10)
+
+
 def test_models_without_weights_fail_clearly(tmp_path, capsys):
     uris = jobkit.put_images(str(tmp_path / "in"), {"a.jpg": jobkit.colour_images(1)[0]})
     manifest = jobkit.write_manifest(str(tmp_path / "m.parquet"), [{"image_id": "a", "uri": uris["a.jpg"]}])
     code = ev.main(["--manifest", manifest, "--output", str(tmp_path / "out"), "--models", "eccv16", "--quiet"])
-    assert code == ev.EXIT_FAILED
+    assert code == EXIT_FAILED
     err = capsys.readouterr().err
     assert "model 'eccv16' has no weights" in err and "--weights official" in err
     assert not (tmp_path / "out").exists(), "nothing may run on random weights"
@@ -231,7 +284,7 @@ def test_local_evaluation_summary_baseline_and_report(ray_cluster, chromium, tmp
     out = tmp_path / "out"
     code = ev.main(["--manifest", manifest, "--output", str(out), "--models", ",".join(models), "--sample-size", "3",
                     "--batch-size", "4", "--precision", "fp32", "--quiet"])
-    assert code == ev.EXIT_OK
+    assert code == EXIT_OK
     labels = ["gray", "seed1", "seed2", "small"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"] == "full" and summary["n_images"] == len(rows)
@@ -271,6 +324,32 @@ def test_local_evaluation_summary_baseline_and_report(ray_cluster, chromium, tmp
         assert got[("small", image_id)]["psnr"] == pytest.approx(metrics.psnr(scored, original), abs=1e-9)
 
     _check_report(chromium, out / "report.html", tmp_path, n_sample=3, n_models=len(labels))
+
+
+def test_evaluation_with_sampled_hints_scores_each_hint_model_twice(ray_cluster, tmp_path):
+    """--hints 4: the guided model is scored without hints and as <label>_hints4, the plain one once; the
+    summary records the sampler and the paired difference the hints make; a rerun gives the same scores."""
+    options = storage.StorageOptions.from_env()
+    rows, _ = _inputs(str(tmp_path), options, n=3)
+    manifest = jobkit.write_manifest(str(tmp_path / "manifest.parquet"), rows)
+    models = f"g={_guided_checkpoint(str(tmp_path / 'guided'))},p={jobkit.tiny_checkpoint(str(tmp_path / 'p'), seed=1)}"
+    scores = []
+    for _ in range(2):
+        out = tmp_path / "out"
+        assert ev.main(["--manifest", manifest, "--output", str(out), "--models", models, "--hints", "4",
+                        "--sample-size", "0", "--quiet"]) == EXIT_OK
+        summary = json.loads((out / "summary.json").read_text())
+        scores.append({(r["model"], r["image_id"]): r["psnr"] for r in jobkit.read_metrics(str(out)).to_pylist()
+                       if r["status"] == "ok"})
+    assert [(m["label"], m.get("hints")) for m in summary["models"]] == [("gray", None), ("g", 0), ("g_hints4", 4),
+                                                                          ("p", 0)]
+    assert summary["hints"]["n"] == 4 and summary["hints"]["seed"] == 0
+    assert set(summary["vs_no_hints"]) == {"g_hints4"} and summary["vs_no_hints"]["g_hints4"]["without_hints"] == "g"
+    diffs = [scores[0][("g_hints4", i)] - scores[0][("g", i)] for i in ("c0", "c1", "c2")]
+    assert summary["vs_no_hints"]["g_hints4"]["psnr"]["mean"] == pytest.approx(np.mean(diffs), rel=1e-9)
+    assert any(abs(d) > 1e-3 for d in diffs)  # the hints reached the model
+    assert scores[0] == scores[1]  # the same sampled hints every run
+    assert "_hints4" in (out / "report.html").read_text()
 
 
 def test_s3_evaluation_center_crop_and_report(ray_cluster, chromium, s3_server, s3_prefix, tmp_path):

@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from colorize_core.models import WeightsError, WeightsSpec, create_model, get_entry, list_models, load_model
+from colorize_core.models import (WeightsError, WeightsSpec, create_model, get_entry, list_models, load_model,
+                                  weights_preprocessing)
 from colorize_core.models import weights as weights_mod
-from colorize_core.models.eccv16 import ab_bin_centres
+from colorize_core.models.eccv16 import ECCV16Colorizer, ab_bin_centres
 from colorize_core.models.registry import ModelEntry, register_model
 
 # (key prefix, kind, shape args). conv: (out, in, k); convT: (in, out, k); bn: (c,)
@@ -157,7 +158,7 @@ def test_registry_names_and_param_counts():
 
 def test_registry_rejects_duplicates_and_unknown_names():
     with pytest.raises(ValueError, match="already registered"):
-        register_model(ModelEntry("eccv16", lambda: None, (8, 8), 0, "dup"))
+        register_model(ModelEntry("eccv16", ECCV16Colorizer, 0, "dup"))
     with pytest.raises(KeyError, match="unknown model"):
         get_entry("no-such-model")
 
@@ -257,11 +258,10 @@ def test_download_cache_hash_check_without_network(tmp_path, monkeypatch):
         raise AssertionError("tests must not download")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    good = WeightsSpec(uri="https://example.invalid/eccv16-test.pth", sha256=digest[:8], num_bytes=None,
-                       input_size=(256, 256))
+    good = WeightsSpec(uri="https://example.invalid/eccv16-test.pth", sha256=digest[:8], num_bytes=None)
     state = weights_mod.load_state_dict("official", spec=good)
     assert set(state) == set(sd)
-    bad = WeightsSpec(uri=good.uri, sha256="00000000", num_bytes=None, input_size=(256, 256))
+    bad = WeightsSpec(uri=good.uri, sha256="00000000", num_bytes=None)
     with pytest.raises(WeightsError, match=r"eccv16-test\.pth.*does not match"):
         weights_mod.load_state_dict("official", spec=bad)
     assert not cached.exists(), "a corrupt download must not stay in the cache"
@@ -291,4 +291,6 @@ def test_specs_and_entries_pickle_round_trip():
         assert pickle.loads(pickle.dumps(entry)) == entry
         spec = entry.weights["official"]
         assert pickle.loads(pickle.dumps(spec)) == spec
-        assert spec.input_size == entry.input_size
+        # The size is the architecture's, declared once on its class; the released spec does not repeat it.
+        assert spec.preprocessing is None
+        assert weights_preprocessing(entry, "official").input_size == entry.input_size == entry.builder.input_size

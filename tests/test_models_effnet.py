@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from colorize_core.models import get_entry, load_model
-from colorize_core.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from colorize_core.models import load_checkpoint
+from colorize_core.models.checkpoint import read_checkpoint_meta, save_checkpoint
 from colorize_core.models.effnet_unet import EffNetUNetColorizer, l_to_gray_rgb255
 from colorize_core.models.efficientnet import (FEATURE_CHANNELS, EfficientNetLite0, normalize,
                                                wheel_weights_path)
@@ -152,7 +153,7 @@ def test_preprocessing_round_trips_and_feeds_cli_and_validation_alike():
     # 16-bit input resized in float precision gives (nearly) the same L as its 8-bit rounding.
     l16 = pre.model_l(rgb8.astype(np.uint16) * 257)
     assert np.abs(l16 - l).mean() < 0.1 and np.abs(l16 - l).max() < 2.0  # 8-bit rounding after resizing
-    spec = WeightsSpec(uri="x", sha256="", num_bytes=None, input_size=(48, 64), resize="lanczos")
+    spec = WeightsSpec(uri="x", sha256="", num_bytes=None, preprocessing=pre)
     assert spec.preprocessing == pre
 
     class Spy(torch.nn.Module):

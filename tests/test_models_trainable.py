@@ -141,9 +141,9 @@ def test_local_weights_sha256_is_checked_against_the_spec(tmp_path):
     path = tmp_path / "w.pt"
     torch.save(UNetColorizer(base_channels=2, depth=1).state_dict(), path)
     digest = weights_mod.sha256_file(path)
-    good = WeightsSpec(uri=str(path), sha256=digest, num_bytes=path.stat().st_size, input_size=(8, 8))
+    good = WeightsSpec(uri=str(path), sha256=digest, num_bytes=path.stat().st_size)
     assert weights_mod.load_state_dict(str(path), spec=good)
-    bad = WeightsSpec(uri=str(path), sha256="0" * 64, num_bytes=None, input_size=(8, 8))
+    bad = WeightsSpec(uri=str(path), sha256="0" * 64, num_bytes=None)
     with pytest.raises(WeightsError, match="does not match"):
         weights_mod.load_state_dict(str(path), spec=bad)
 
@@ -163,7 +163,7 @@ def test_bundled_compact_loads_offline_with_verified_sha256(monkeypatch):
     path = Path(spec.uri)
     assert path.is_file() and path.parent.name == "compact" and path.stat().st_size == spec.num_bytes
     assert weights_mod.sha256_file(path) == spec.sha256 and len(spec.sha256) == 64
-    assert entry.default_weights == "bundled" and spec.input_size == entry.input_size
+    assert entry.default_weights == "bundled" and spec.preprocessing is None  # trained at the class's input_size
     assert {"trained_on", "heldout_psnr"} <= set(spec.meta)
     calls = []
     real = weights_mod.sha256_file

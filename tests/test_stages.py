@@ -15,9 +15,9 @@ from colorize_core.stages import (
     DecodeStage,
     InferenceStage,
     output_key,
-    paint_hints,
     short_error,
 )
+from colorize_core.hints import paint_hints
 from tests import jobkit
 
 

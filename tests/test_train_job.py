@@ -1,4 +1,4 @@
-"""jobs.train: every shipped config loads; a 2-worker TorchTrainer run on the session cluster writes the
+"""colorize_core.train (python -m jobs.train): every shipped config loads; a 2-worker TorchTrainer run on the session cluster writes the
 documented layout, and the same command with a larger step budget resumes from the saved step."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from colorize_core.errors import UserError
 from colorize_core.config import load_yaml
 from colorize_core.models import load_model
 from colorize_core.models.checkpoint import load_train_state, read_checkpoint_meta
-from jobs.train import TrainConfig, main, step_dir
+from colorize_core.train import TrainConfig, main, step_dir
 from tests.test_training import make_images
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/train-*.yaml"))
@@ -59,7 +60,7 @@ def test_init_weights_copies_what_matches_and_leaves_a_new_head_fresh(tmp_path):
 
     from colorize_core.models.checkpoint import save_checkpoint
     from colorize_core.models.effnet_unet import EffNetUNetColorizer
-    from jobs.train import build_model, init_from
+    from colorize_core.train import build_model, init_from
 
     torch.manual_seed(0)
     deep = EffNetUNetColorizer(decoder_channels=[24, 16, 16, 8])
@@ -88,7 +89,7 @@ def test_init_weights_copies_what_matches_and_leaves_a_new_head_fresh(tmp_path):
     from colorize_core.models.unet import CompactColorizer
 
     save_checkpoint(str(compact), CompactColorizer(), architecture="compact", arguments={}, input_size=(64, 64))
-    with pytest.raises(ValueError, match="no weight matches"):
+    with pytest.raises(UserError, match="no weight matches"):
         init_from(EffNetUNetColorizer(), str(compact))
 
 

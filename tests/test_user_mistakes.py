@@ -30,7 +30,7 @@ def images(tmp_path):
 
 @pytest.mark.parametrize("argv, expected", [
     (["image", "{in}/a.jpg", "-o", "{tmp}/o.jpg", "--model", "nosuch"],
-     "error: unknown model 'nosuch': use one of compact, eccv16, effnet_unet, pix2pix, siggraph17, unet, vgg_autoencoder "
+     "error: unknown model 'nosuch': use one of compact, eccv16, effnet_guided, effnet_unet, pix2pix, siggraph17, unet, vgg_autoencoder "
      "(see `colorize models`), or a checkpoint directory URI"),
     (["folder", "{in}", "-o", "{tmp}/a_file"],
      "error: -o {tmp}/a_file is a file: `colorize folder` writes one sub-folder per model there; give a folder "
@@ -53,7 +53,7 @@ def test_cli_mistakes(images, tmp_path, capsys, argv, expected):
 
 
 @pytest.mark.parametrize("argv, config, expected", [
-    (["--model", "nosuch"], None, "error: unknown model 'nosuch': use one of compact, eccv16, effnet_unet, pix2pix, siggraph17, "
+    (["--model", "nosuch"], None, "error: unknown model 'nosuch': use one of compact, eccv16, effnet_guided, effnet_unet, pix2pix, siggraph17, "
      "unet, vgg_autoencoder (see `colorize models`), or a checkpoint directory URI"),
     (["--model", "unet"], None, "error: model 'unet' has no released weights: train one (python -m jobs.train "
      "--model unet ...) and pass its checkpoint directory as --model, or pass --weights PATH"),
@@ -99,8 +99,41 @@ def test_job_with_wrong_credentials_says_access_denied(s3_server, s3_prefix, tmp
 
 
 def test_evaluate_without_models_names_the_flag(tmp_path, capsys):
-    from jobs import evaluate
+    from colorize_core import evaluate
 
     assert evaluate.main(["--manifest", "m.parquet", "--output", str(tmp_path / "o"), "--quiet"]) == 1
     assert _one_error_line(capsys) == "error: missing required setting 'models': give --models or set it in the " \
                                       "config file"
+
+
+@pytest.mark.parametrize("config, argv, expected", [
+    ({"architecture": "unet", "train_manifest": "{tmp}/manifest.parquet", "output": "{tmp}/o", "batchsize": 4}, [],
+     "error: {tmp}/train.yaml: unknown key 'batchsize' (did you mean 'batch_size'?)"),
+    ({"architecture": "nosuch", "train_manifest": "{tmp}/manifest.parquet", "output": "{tmp}/o"}, [],
+     "error: unknown model 'nosuch'"),
+    ({"architecture": "unet", "train_manifest": "{tmp}/missing.parquet", "output": "{tmp}/o"}, [],
+     "error: train_manifest {tmp}/missing.parquet not found: give a Parquet manifest"),
+    ({"architecture": "unet", "train_manifest": "{tmp}/manifest.parquet", "output": "{tmp}/o"}, ["--set", "max_steps"],
+     "error: --set 'max_steps' is not KEY=VALUE (e.g. --set max_steps=100)"),
+    ({"architecture": "unet", "train_manifest": "{tmp}/manifest.parquet", "output": "{tmp}/o",
+      "arguments": {"widths": [4]}}, [], "error: arguments of 'unet': "),
+])
+def test_train_mistakes_are_one_line_before_any_worker_starts(tmp_path, capsys, config, argv, expected):
+    """The train job starts like the others: config checked (unknown keys refused), the architecture, its
+    arguments and the manifests checked on the driver, one line and exit 1 (no Ray Train worker traceback)."""
+    from colorize_core import train
+    from tests.test_training import make_images
+
+    make_images(tmp_path, n=1)  # {tmp}/manifest.parquet
+    path = tmp_path / "train.yaml"
+    fill = {"{tmp}": str(tmp_path)}
+
+    def sub(value):
+        if isinstance(value, str):
+            for k, v in fill.items():
+                value = value.replace(k, v)
+        return value
+
+    path.write_text(yaml.safe_dump({k: sub(v) for k, v in config.items()}))
+    assert train.main(["--config", str(path), *argv]) == 1
+    assert _one_error_line(capsys).startswith(sub(expected))

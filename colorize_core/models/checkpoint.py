@@ -4,7 +4,8 @@
 (:class:`~colorize_core.models.preprocess.Preprocessing`: the input size the weights were trained at and
 how images are brought to it; ``input_size`` repeats its size for readers of older checkpoints) and
 whatever the training job records (data manifest, step, metrics), so the colorize and evaluate jobs
-rebuild the model from the URI alone, local or ``s3://``.
+rebuild the model from the URI alone, local or ``s3://`` (:func:`colorize_core.models.loading.load_checkpoint`:
+building it needs the registry, which this format module does not import).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from .preprocess import Preprocessing
-from .weights import WeightsError, _torch_load, load_into
+from .weights import WeightsError
 
 FORMAT = "colorize-checkpoint/1"
 META_FILE = "model.json"
@@ -79,24 +80,6 @@ def checkpoint_preprocessing(meta: dict[str, Any]) -> Preprocessing:
     if isinstance(pre, dict) and "input_size" in pre:
         return Preprocessing.from_dict(pre)
     return Preprocessing(tuple(meta["input_size"]))
-
-
-def load_checkpoint(uri: str, storage_options=None) -> tuple[nn.Module, dict[str, Any]]:
-    from colorize_core import storage
-
-    from .registry import get_entry
-
-    options = storage_options or storage.StorageOptions.from_env()
-    meta = read_checkpoint_meta(uri, options)
-    entry = get_entry(meta["architecture"])
-    module = entry.builder(**meta.get("arguments", {}))
-    weights_uri = storage.join(uri, WEIGHTS_FILE)
-    try:
-        data = storage.read_bytes(weights_uri, options)
-    except FileNotFoundError:
-        raise WeightsError(f"{weights_uri}: weights file not found") from None
-    load_into(module, _torch_load(io.BytesIO(data), weights_uri), weights_uri)
-    return module.eval(), meta
 
 
 TRAIN_STATE_FILE = "train_state.pt"

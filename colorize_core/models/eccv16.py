@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-L_CENT = 50.0
-L_NORM = 100.0
-AB_NORM = 110.0
+from .common import AB_NORM, L_CENT, L_NORM, check_l, release_conv_block
+
 NUM_BINS = 313
 
 
@@ -23,19 +22,6 @@ def ab_bin_centres() -> np.ndarray:
     """The 313 in-gamut ab bin centres (grid step 10) of the paper, shape [313, 2]."""
     with resources.files("colorize_core.assets").joinpath("pts_in_hull.npy").open("rb") as f:
         return np.load(f).astype(np.float32)
-
-
-def _conv_block(channels: list[int], *, stride_last: int = 1, dilation: int = 1) -> nn.Sequential:
-    """Conv-ReLU pairs closed by BatchNorm: the index layout (0, 2, ..., 2n) the release uses."""
-    layers: list[nn.Module] = []
-    for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
-        stride = stride_last if i == len(channels) - 2 else 1
-        layers += [
-            nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=True),
-            nn.ReLU(inplace=True),
-        ]
-    layers.append(nn.BatchNorm2d(channels[-1]))
-    return nn.Sequential(*layers)
 
 
 class ECCV16Colorizer(nn.Module):
@@ -54,13 +40,13 @@ class ECCV16Colorizer(nn.Module):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
-        self.model1 = _conv_block([1, 64, 64], stride_last=2)
-        self.model2 = _conv_block([64, 128, 128], stride_last=2)
-        self.model3 = _conv_block([128, 256, 256, 256], stride_last=2)
-        self.model4 = _conv_block([256, 512, 512, 512])
-        self.model5 = _conv_block([512, 512, 512, 512], dilation=2)
-        self.model6 = _conv_block([512, 512, 512, 512], dilation=2)
-        self.model7 = _conv_block([512, 512, 512, 512])
+        self.model1 = release_conv_block([1, 64, 64], stride_last=2)
+        self.model2 = release_conv_block([64, 128, 128], stride_last=2)
+        self.model3 = release_conv_block([128, 256, 256, 256], stride_last=2)
+        self.model4 = release_conv_block([256, 512, 512, 512])
+        self.model5 = release_conv_block([512, 512, 512, 512], dilation=2)
+        self.model6 = release_conv_block([512, 512, 512, 512], dilation=2)
+        self.model7 = release_conv_block([512, 512, 512, 512])
         self.model8 = nn.Sequential(
             nn.ConvTranspose2d(512, 256, 4, stride=2, padding=1, bias=True),
             nn.ReLU(inplace=True),
@@ -78,7 +64,7 @@ class ECCV16Colorizer(nn.Module):
 
     def logits(self, l: torch.Tensor) -> torch.Tensor:
         """Per-pixel bin logits at 1/4 of the input resolution, [B,313,H/4,W/4]."""
-        _check_l(l, multiple=8, name="eccv16")
+        check_l(l, multiple=8, name="eccv16")
         x = (l - L_CENT) / L_NORM
         for block in (self.model1, self.model2, self.model3, self.model4,
                       self.model5, self.model6, self.model7, self.model8):
@@ -92,15 +78,3 @@ class ECCV16Colorizer(nn.Module):
         ab = self.model_out(torch.softmax(logits, dim=1))
         ab = nn.functional.interpolate(ab, scale_factor=4, mode="bilinear", align_corners=False)
         return ab * AB_NORM
-
-
-def _check_l(l: torch.Tensor, *, multiple: int, name: str) -> None:
-    if l.dim() != 4 or l.shape[1] != 1:
-        raise ValueError(f"{name}: expected L as [B,1,H,W], got shape {tuple(l.shape)}")
-    h, w = l.shape[-2:]
-    if h % multiple or w % multiple:
-        raise ValueError(
-            f"{name}: H and W must be multiples of {multiple}, got {h}x{w}; "
-            f"resize the L input to e.g. {max(multiple, round(h / multiple) * multiple)}x"
-            f"{max(multiple, round(w / multiple) * multiple)}"
-        )

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .eccv16 import AB_NORM, L_CENT, _check_l
+from .common import AB_NORM, L_CENT, check_l
 
 
 class _Block(nn.Module):
@@ -77,7 +77,7 @@ class Pix2PixGenerator(nn.Module):
         self.net = _Block(ngf, ngf, in_channels=1, sub=block, outermost=True, out_channels=2)
 
     def forward(self, l: torch.Tensor) -> torch.Tensor:
-        _check_l(l, multiple=2 ** self.num_downs, name="pix2pix")
+        check_l(l, multiple=2 ** self.num_downs, name="pix2pix")
         return torch.tanh(self.net((l - L_CENT) / L_CENT)) * AB_NORM
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .eccv16 import AB_NORM, L_CENT, L_NORM, _check_l, _conv_block
+from .common import AB_NORM, L_CENT, L_NORM, check_l, release_conv_block
 
 
 def _relu_conv(channels: list[int], *, batchnorm: bool) -> nn.Sequential:
@@ -34,13 +34,13 @@ class SIGGRAPH17Colorizer(nn.Module):
 
     def __init__(self, classes: int = 529) -> None:
         super().__init__()
-        self.model1 = _conv_block([4, 64, 64])
-        self.model2 = _conv_block([64, 128, 128])
-        self.model3 = _conv_block([128, 256, 256, 256])
-        self.model4 = _conv_block([256, 512, 512, 512])
-        self.model5 = _conv_block([512, 512, 512, 512], dilation=2)
-        self.model6 = _conv_block([512, 512, 512, 512], dilation=2)
-        self.model7 = _conv_block([512, 512, 512, 512])
+        self.model1 = release_conv_block([4, 64, 64])
+        self.model2 = release_conv_block([64, 128, 128])
+        self.model3 = release_conv_block([128, 256, 256, 256])
+        self.model4 = release_conv_block([256, 512, 512, 512])
+        self.model5 = release_conv_block([512, 512, 512, 512], dilation=2)
+        self.model6 = release_conv_block([512, 512, 512, 512], dilation=2)
+        self.model7 = release_conv_block([512, 512, 512, 512])
         self.model8up = nn.Sequential(nn.ConvTranspose2d(512, 256, 4, stride=2, padding=1, bias=True))
         self.model3short8 = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1, bias=True))
         self.model8 = _relu_conv([256, 256, 256], batchnorm=True)
@@ -64,7 +64,7 @@ class SIGGRAPH17Colorizer(nn.Module):
         ab_hint: torch.Tensor | None = None,
         hint_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        _check_l(l, multiple=8, name="siggraph17")
+        check_l(l, multiple=8, name="siggraph17")
         b, _, h, w = l.shape
         if ab_hint is None:
             ab_hint = l.new_zeros((b, 2, h, w))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .eccv16 import AB_NORM, L_CENT, _check_l
+from .common import AB_NORM, L_CENT, check_l
 
 _NORMS = ("batch", "group", "none")
 
@@ -85,7 +85,7 @@ class UNetColorizer(nn.Module):
         self.head = nn.Conv2d(widths[0], 2, 1)
 
     def forward(self, l: torch.Tensor) -> torch.Tensor:
-        _check_l(l, multiple=2 ** self.depth, name=type(self).__name__)
+        check_l(l, multiple=2 ** self.depth, name=type(self).__name__)
         x = (l - L_CENT) / L_CENT  # [-1, 1]
         skips = []
         for block in self.down:

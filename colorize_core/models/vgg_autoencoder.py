@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .eccv16 import AB_NORM, _check_l
+from .common import AB_NORM, check_l
 from .weights import WeightsError, load_state_dict
 
 # torchvision's cfgs["E"]: VGG-19.
@@ -80,7 +80,7 @@ class VGGAutoencoder(nn.Module):
         self.head = nn.Conv2d(prev, 2, 1)
 
     def forward(self, l: torch.Tensor) -> torch.Tensor:
-        _check_l(l, multiple=32, name="vgg_autoencoder")
+        check_l(l, multiple=32, name="vgg_autoencoder")
         x = (l / 100.0 - IMAGENET_GRAY_MEAN) / IMAGENET_GRAY_STD
         skips = []
         taps = set(self._taps)

