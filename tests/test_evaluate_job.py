@@ -227,7 +227,7 @@ def test_sampled_hints_reach_only_the_hinted_run_on_plain_dicts(tmp_path):
     uris = jobkit.put_images(str(tmp_path / "in"), {"a.png": jobkit.colour_images(1, size=(80, 60))[0]})
     batch = {"image_id": np.array(["a"], object), "uri": np.array([uris["a.png"]], object),
              "shard_id": np.array(["s"], object)}
-    decode = DecodeStage(options, str(tmp_path / "out"), "png", (64, 64), accepts_hints=True, hint_radius=1,
+    decode = DecodeStage(options, str(tmp_path / "out"), "png", Preprocessing((64, 64)), accepts_hints=True, hint_radius=1,
                          sample_hints=5, hint_seed=0)
     first, again = decode(dict(batch)), decode(dict(batch))
     assert 9 <= first["hint_mask"].sum() <= 45 and np.array_equal(first["hint_ab"], again["hint_ab"])
