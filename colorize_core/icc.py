@@ -271,14 +271,12 @@ def apply_profile(rgb: np.ndarray, is_gray: bool, icc: bytes | None, *, gray_sou
         return Managed(rgb, is_gray, f"{name} is sRGB: kept as is")
     if profile.kind == "gray-trc":
         lut = _gray_table(profile, 8 if rgb.dtype == np.uint8 else 16)
-        out = np.take(lut, rgb[..., 0])
-        return Managed(np.ascontiguousarray(np.repeat(out[..., None], 3, axis=2)), True, f"{name} applied")
+        return Managed(_gray_lookup(lut, rgb), True, f"{name} applied")
     if profile.kind == "matrix-trc":
         if is_gray:  # neutral in, neutral out: the transform of the gray axis is one table
             lut = _neutral_table(profile, 8 if rgb.dtype == np.uint8 else 16)
             if lut is not None:
-                out = np.take(lut, rgb[..., 0])
-                return Managed(np.ascontiguousarray(np.repeat(out[..., None], 3, axis=2)), True, f"{name} applied")
+                return Managed(_gray_lookup(lut, rgb), True, f"{name} applied")
         return Managed(_matrix_transform(profile, rgb), False, f"{name} applied")
     if rgb.dtype != np.uint8:
         return Managed(rgb, is_gray, f"{name} not applied: a LUT-based profile on a 16-bit image "
@@ -288,6 +286,16 @@ def apply_profile(rgb: np.ndarray, is_gray: bool, icc: bytes | None, *, gray_sou
     except (ImageCms.PyCMSError, OSError, ValueError) as exc:
         return Managed(rgb, is_gray, f"{name} ignored (LittleCMS: {exc}); read as sRGB")
     return Managed(out, is_gray and _equal_channels(out), f"{name} applied (LittleCMS)")
+
+
+def _gray_lookup(lut: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """``lut[rgb]`` for gray pixels (R = G = B), through the flat array by cache-sized chunks: numpy widens
+    every index to 64 bits, and a chunk's worth stays in cache."""
+    flat = rgb.reshape(-1)
+    out = np.empty(flat.shape, lut.dtype)
+    for s in range(0, len(flat), _BAND):
+        np.take(lut, flat[s: s + _BAND], out=out[s: s + _BAND])
+    return out.reshape(rgb.shape)
 
 
 @functools.lru_cache(maxsize=64)
