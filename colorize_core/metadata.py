@@ -92,6 +92,10 @@ class _Bad(ValueError):
     """A block that cannot be parsed; ``str`` is the reason."""
 
 
+# What malformed bytes make the parsers raise (a bug of ours raises something else, and is not hidden).
+_PARSE_ERRORS = (_Bad, struct.error, IndexError, ValueError, KeyError, OverflowError, zlib.error, RecursionError)
+
+
 def read_metadata(data: bytes) -> SourceMetadata:
     """The source's metadata blocks from its bytes (see the module docstring). Never raises for bad metadata;
     a file that is not an image of a known container gives empty metadata (decoding reports that)."""
@@ -109,7 +113,7 @@ def read_metadata(data: bytes) -> SourceMetadata:
             _read_tiff(data, blocks, dropped)
         else:
             _read_other(data, blocks, dropped)
-    except (_Bad, struct.error, IndexError, ValueError) as exc:  # a broken container: what we have so far
+    except _PARSE_ERRORS as exc:  # a broken container: what we have so far
         dropped.append(f"metadata: container unreadable past some point ({_short(exc)})")
     exif = _checked(blocks.get("exif"), _clean_exif, "exif", dropped)
     iptc = _checked(blocks.get("iptc"), _check_iim, "iptc", dropped)
@@ -129,7 +133,7 @@ def _checked(block, check, name: str, dropped: list[str], outcome: str = "droppe
         return None
     try:
         result = check(block)
-    except (_Bad, struct.error, IndexError) as exc:
+    except _PARSE_ERRORS as exc:
         dropped.append(f"{name}: unreadable ({_short(exc)}), {outcome}")
         return None
     return result if isinstance(result, bytes) else block
@@ -202,7 +206,7 @@ def _read_jpeg(data: bytes, blocks: dict, dropped: list[str]) -> None:
     if irb:
         try:
             iim = _irb_iptc(irb)
-        except (_Bad, struct.error) as exc:
+        except _PARSE_ERRORS as exc:
             dropped.append(f"iptc: Photoshop resources unreadable ({_short(exc)}), dropped")
         else:
             if iim:
@@ -322,7 +326,7 @@ def _read_png(data: bytes, blocks: dict, dropped: list[str]) -> None:
                 if name and name not in blocks:
                     raw = _raw_profile(text)
                     blocks[name] = raw[6:] if name == "exif" and raw.startswith(b"Exif\0\0") else raw
-        except (_Bad, ValueError, IndexError, zlib.error, struct.error) as exc:
+        except _PARSE_ERRORS as exc:
             dropped.append(f"{_PNG_NAMES.get(ctype, 'metadata')}: PNG {ctype.decode('latin-1')} chunk unreadable "
                            f"({_short(exc)}), dropped")
 
@@ -352,6 +356,7 @@ _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 
 _CLASSIC_TYPES = set(range(1, 14))
 _SUB_IFDS = {34665: "exif", 34853: "gps", 40965: "interop"}  # pointer tags whose target is an IFD of tags
 _MAX_ENTRIES = 4096
+_MAX_DEPTH = 3  # IFD0 -> EXIF -> Interop is as deep as EXIF goes; anything deeper is hostile
 
 
 @dataclass
@@ -426,10 +431,12 @@ class _Tiff:
         fmt = "Q" if entry.type in (16, 18) else "I"
         return struct.unpack_from(self.order + fmt, entry.value, 0)[0]
 
-    def spans(self, offset: int, seen: set[int]) -> list[tuple[int, int]]:
+    def spans(self, offset: int, seen: set[int], depth: int = 0) -> list[tuple[int, int]]:
         """Byte ranges an IFD and everything it references (sub-IFDs included) occupy."""
         if offset in seen:
             raise _Bad("IFD loop")
+        if depth > _MAX_DEPTH:
+            raise _Bad("sub-IFDs nested too deep")
         seen.add(offset)
         entries, next_pos, _ = self.ifd(offset)
         out = [(offset, next_pos + (8 if self.big else 4))]
@@ -437,7 +444,7 @@ class _Tiff:
             if e.data_at is not None:
                 out.append((e.data_at, e.data_at + len(e.value)))
             if e.tag in _SUB_IFDS:
-                out += self.spans(self.pointer(e), seen)
+                out += self.spans(self.pointer(e), seen, depth + 1)
         return out
 
 
@@ -517,7 +524,7 @@ def _exif_dpi(block: bytes) -> tuple[float, float] | None:
     try:
         t = _Tiff(block)
         return _resolution(t, _entries(t, t.first))
-    except (_Bad, struct.error):
+    except _PARSE_ERRORS:
         return None
 
 
@@ -563,12 +570,14 @@ class _Builder:
         return at
 
     def copy_ifd(self, src: _Tiff, offset: int, skip: frozenset[int] = frozenset(), seen: set[int] | None = None,
-                 overrides: dict[int, tuple[int, int, bytes]] | None = None) -> tuple[list, int]:
+                 overrides: dict[int, tuple[int, int, bytes]] | None = None, depth: int = 0) -> tuple[list, int]:
         """The entries of ``src``'s IFD at ``offset`` re-based into this structure (sub-IFDs copied first).
         Returns (entries for :meth:`ifd`, number of entries left out)."""
         seen = set() if seen is None else seen
         if offset in seen:
             raise _Bad("IFD loop")
+        if depth > _MAX_DEPTH:
+            raise _Bad("sub-IFDs nested too deep")
         seen.add(offset)
         out, left_out = [], 0
         for e in src.ifd(offset)[0]:
@@ -582,7 +591,7 @@ class _Builder:
                 left_out += 1
                 continue
             if e.tag in _SUB_IFDS:
-                child, n = self.copy_ifd(src, src.pointer(e), seen=seen)
+                child, n = self.copy_ifd(src, src.pointer(e), seen=seen, depth=depth + 1)
                 left_out += n
                 out.append((e.tag, 4, 1, struct.pack(self.order + "I", self.ifd(child))))
                 continue
@@ -611,7 +620,7 @@ def _read_tiff(data: bytes, blocks: dict, dropped: list[str]) -> None:
     elif 34377 in tags:
         try:
             iim = _irb_iptc(tags[34377].value)
-        except (_Bad, struct.error) as exc:
+        except _PARSE_ERRORS as exc:
             dropped.append(f"iptc: Photoshop resources unreadable ({_short(exc)}), dropped")
         else:
             if iim:
@@ -621,7 +630,7 @@ def _read_tiff(data: bytes, blocks: dict, dropped: list[str]) -> None:
         blocks["dpi"] = dpi
     try:
         blocks_exif = _exif_from_tiff(t)
-    except (_Bad, struct.error) as exc:
+    except _PARSE_ERRORS as exc:
         dropped.append(f"exif: TIFF tags unreadable ({_short(exc)}), dropped")
     else:
         if blocks_exif is not None:

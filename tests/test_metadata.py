@@ -242,3 +242,30 @@ def test_exif_too_large_for_jpeg_is_dropped_with_a_reason_but_kept_in_tiff():
 def test_summarize_joins_reasons_once():
     assert metadata.summarize((), None) is None
     assert metadata.summarize(("exif: a",), ("exif: a", "iptc: b")) == "exif: a; iptc: b"
+
+
+def test_no_bytes_make_the_reader_raise():
+    """Truncations and bit flips of a full archive JPEG, the hostile corpus and nested-IFD bombs: the reader
+    always answers (with reasons), and whatever it accepted can be written."""
+    from tests.corpus import awkward_corpus, hostile_corpus
+
+    rng = np.random.default_rng(5)
+    base = mf.archive_jpeg()
+    samples = [base[:n] for n in rng.integers(2, len(base), 40)]
+    for _ in range(80):
+        b = bytearray(base)
+        for pos in rng.integers(2, 1200, 4):  # the metadata segments
+            b[pos] ^= int(rng.integers(1, 256))
+        samples.append(bytes(b))
+    samples += [d for d, _ in awkward_corpus().values()] + [d for d, _ in hostile_corpus().values()]
+    deep = bytearray(b"MM\0*\0\0\0\x08")
+    for i in range(200):  # IFD i points at IFD i+1 through an EXIF-IFD tag
+        at = len(deep)
+        deep += struct.pack(">HHHII", 1, 34665, 4, 1, at + 18) + struct.pack(">I", 0)
+    samples.append(_with_app1_exif(bytes(deep)))
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    for data in samples:
+        meta = metadata.read_metadata(data)
+        for fmt in ("jpeg", "tiff"):
+            metadata.write(imageio.encode_image(rgb, fmt), fmt, meta, RECORD)
+    assert any("nested too deep" in d for d in metadata.read_metadata(samples[-1]).dropped)
