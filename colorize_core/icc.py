@@ -252,8 +252,10 @@ class Managed:
 def apply_profile(rgb: np.ndarray, is_gray: bool, icc: bytes | None, *, gray_source: bool | None = None) -> Managed:
     """Bring decoded pixels (uint8/uint16 [H, W, 3]) from their embedded profile to sRGB.
 
-    ``gray_source``: the file's own mode was gray (defaults to ``is_gray``): a gray file needs a GRAY profile,
-    a colour file an RGB one; a mismatched profile is ignored with a reason, as is one that cannot be parsed.
+    ``gray_source``: the file's own mode was gray (defaults to ``is_gray``). A gray file takes a GRAY profile,
+    or an RGB one whose gray axis is used (gray JPEGs tagged sRGB are common; a matrix profile's neutral axis
+    is what R = G = B means in that space); a colour file takes an RGB one. Any other pairing is ignored with
+    a reason, as is a profile that cannot be parsed.
     """
     gray_source = is_gray if gray_source is None else gray_source
     if not icc:
@@ -261,12 +263,12 @@ def apply_profile(rgb: np.ndarray, is_gray: bool, icc: bytes | None, *, gray_sou
     try:
         profile = parse_profile(bytes(icc))
     except ProfileError as exc:
-        return Managed(rgb, is_gray, f"ICC profile ignored ({exc}): read as sRGB")
+        return Managed(rgb, is_gray, f"ICC profile ignored ({exc}), read as sRGB")
     name = f"ICC profile '{profile.description}'"
-    wanted = "GRAY" if gray_source else "RGB"
-    if profile.colour_space != wanted:
-        return Managed(rgb, is_gray, f"{name} ignored: a {profile.colour_space} profile on "
-                                     f"{'a gray' if gray_source else 'an RGB'} image; read as sRGB")
+    wanted = ("GRAY", "RGB") if gray_source else ("RGB",)
+    if profile.colour_space not in wanted or (gray_source and profile.kind == "lut"):
+        return Managed(rgb, is_gray, f"{name} ignored ({profile.colour_space} {profile.kind} profile on "
+                                     f"{'a gray' if gray_source else 'an RGB'} image), read as sRGB")
     if profile.is_srgb:
         return Managed(rgb, is_gray, f"{name} is sRGB: kept as is")
     if profile.kind == "gray-trc":
@@ -279,12 +281,12 @@ def apply_profile(rgb: np.ndarray, is_gray: bool, icc: bytes | None, *, gray_sou
                 return Managed(_gray_lookup(lut, rgb), True, f"{name} applied")
         return Managed(_matrix_transform(profile, rgb), False, f"{name} applied")
     if rgb.dtype != np.uint8:
-        return Managed(rgb, is_gray, f"{name} not applied: a LUT-based profile on a 16-bit image "
-                                     "(LittleCMS through Pillow is 8-bit only); read as sRGB")
+        return Managed(rgb, is_gray, f"{name} not applied (a LUT-based profile on a 16-bit image: LittleCMS "
+                                     "through Pillow is 8-bit only), read as sRGB")
     try:
         out = _littlecms(profile, rgb)
     except (ImageCms.PyCMSError, OSError, ValueError) as exc:
-        return Managed(rgb, is_gray, f"{name} ignored (LittleCMS: {exc}); read as sRGB")
+        return Managed(rgb, is_gray, f"{name} ignored (LittleCMS: {exc}), read as sRGB")
     return Managed(out, is_gray and _equal_channels(out), f"{name} applied (LittleCMS)")
 
 

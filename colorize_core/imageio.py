@@ -70,6 +70,7 @@ __all__ = [
     "DecodedImage",
     "ImageDecodeError",
     "decode_image",
+    "canonical_format",
     "encode_image",
     "output_depth",
     "to_float01",
@@ -225,7 +226,7 @@ def output_depth(requested: str | int, source_bits: int, fmt: str) -> int:
     """Bits per sample of an output: ``auto`` is 16 where the source is 16-bit and the format holds 16 bits
     (PNG, TIFF), else 8. An explicit 16 in a format that cannot hold it is a ValueError (configs check it
     at start-up, so no image fails for it)."""
-    fmt_key = _canonical_format(fmt)
+    fmt_key = canonical_format(fmt)
     requested = str(requested)
     if requested not in OUTPUT_DEPTHS:
         raise ValueError(f"output depth must be one of {', '.join(OUTPUT_DEPTHS)}, got {requested!r}")
@@ -247,7 +248,7 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpeg", *, quality: int = 95) -> by
     which every TIFF reader knows), little-endian, one strip per ~256 KB. Only pixels are written here:
     :func:`colorize_core.metadata.write` adds the metadata (and the sRGB profile) to these bytes.
     """
-    fmt_key = _canonical_format(fmt)
+    fmt_key = canonical_format(fmt)
     rgb = np.asarray(rgb)
     depths = FORMAT_DEPTHS[fmt_key]
     allowed = (np.uint8, np.uint16) if 16 in depths else (np.uint8,)
@@ -640,7 +641,8 @@ def _one_line(text: str) -> str:
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
 
 
-def _canonical_format(fmt: str) -> str:
+def canonical_format(fmt: str) -> str:
+    """``jpg``/``JPEG``/``.tif``... -> the key of :data:`FORMAT_EXTENSIONS`, or a ValueError naming the choices."""
     key = str(fmt).lower().lstrip(".")
     key = {"jpg": "jpeg", "tif": "tiff"}.get(key, key)
     if key not in FORMAT_EXTENSIONS:

@@ -35,6 +35,7 @@ from xml.sax.saxutils import escape, quoteattr
 from PIL import Image
 
 from . import icc as icc_mod
+from .imageio import canonical_format
 
 __all__ = [
     "DIGITAL_SOURCE_TYPE",
@@ -117,7 +118,7 @@ def read_metadata(data: bytes) -> SourceMetadata:
         dropped.append(f"metadata: container unreadable past some point ({_short(exc)})")
     exif = _checked(blocks.get("exif"), _clean_exif, "exif", dropped)
     iptc = _checked(blocks.get("iptc"), _check_iim, "iptc", dropped)
-    xmp = _checked(blocks.get("xmp"), _parse_xmp, "xmp", dropped, "dropped; ours written alone")
+    xmp = _checked(blocks.get("xmp"), _parse_xmp, "xmp", dropped, "dropped, ours written alone")
     dpi = blocks.get("dpi")
     if dpi is None and exif is not None:
         dpi = _exif_dpi(exif)
@@ -969,14 +970,14 @@ class Written:
 
 def summarize(*dropped_lists) -> str | None:
     """The metrics row's metadata column: every dropped block and why, ``; ``-joined, or None if nothing was."""
-    lines = [line for lines in dropped_lists for line in (lines or ())]
+    lines = [line.replace(";", ",") for lines in dropped_lists for line in (lines or ())]
     return "; ".join(dict.fromkeys(lines)) or None
 
 
 def write(encoded: bytes, fmt: str, source: SourceMetadata, record: Derivation) -> Written:
     """``encoded`` (what :func:`colorize_core.imageio.encode_image` made) with the source's EXIF, IPTC-IIM and
     dpi, our XMP merged into the source's, and an sRGB ICC profile."""
-    fmt = {"jpg": "jpeg", "tif": "tiff"}.get(fmt.lower(), fmt.lower())
+    fmt = canonical_format(fmt)
     dropped: list[str] = []
     extra = {}
     if fmt == "webp" and source.dpi:  # WebP has no resolution field: XMP carries it
@@ -1004,12 +1005,10 @@ def write(encoded: bytes, fmt: str, source: SourceMetadata, record: Derivation) 
         data = _png_insert(encoded, exif, xmp, icc, source.dpi)
     elif fmt == "webp":
         data = _webp_insert(encoded, exif, xmp, icc)
-    elif fmt == "tiff":
+    else:  # tiff
         data, left_out = _tiff_insert(encoded, exif, xmp, icc, iptc, source.dpi)
         if left_out:
             dropped.append(f"exif: {left_out} BigTIFF-only tag(s) cannot be written to a classic TIFF, dropped")
-    else:
-        raise ValueError(f"unknown output format {fmt!r}")
     return Written(data, tuple(dropped))
 
 

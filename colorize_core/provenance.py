@@ -39,6 +39,7 @@ from cryptography.x509.oid import ExtensionOID
 from PIL import Image, ImageDraw, ImageFont
 
 from . import storage
+from .imageio import canonical_format
 from .errors import UserError
 from .metadata import DIGITAL_SOURCE_TYPE, Derivation
 
@@ -300,7 +301,7 @@ def sign_output(data: bytes, fmt: str, signer: Signer, record: Derivation, *, so
     signed file (the start-up check does; per image it would read every output twice)."""
     import c2pa
 
-    fmt = {"jpg": "jpeg", "tif": "tiff"}.get(fmt.lower(), fmt.lower())
+    fmt = canonical_format(fmt)
     title = title or os.path.basename(record.source_id) or "colorized image"
     context, native = _native(signer, tsa_url, verify)
     parent = {"title": os.path.basename(record.source_id) or record.source_id, "relationship": "parentOf",
@@ -322,7 +323,7 @@ def read_manifest(data: bytes, fmt: str, trust_anchors: bytes | None = None) -> 
     ``trust_anchors`` (PEM) as roots; ``(None, None)`` if it carries no manifest."""
     import c2pa
 
-    fmt = {"jpg": "jpeg", "tif": "tiff"}.get(fmt.lower(), fmt.lower())
+    fmt = canonical_format(fmt)
     settings = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
     if trust_anchors:
         settings["trust"] = {"user_anchors": trust_anchors.decode("ascii"),

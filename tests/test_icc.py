@@ -22,9 +22,10 @@ def _lcms(arr: np.ndarray, profile: bytes, mode: str) -> np.ndarray:
     return np.asarray(out).astype(np.float64)
 
 
-def _gray_png(gray: np.ndarray, profile: bytes | None) -> bytes:
+def _png(pixels: np.ndarray, profile: bytes | None) -> bytes:
+    """A gray ([H, W]) or RGB ([H, W, 3]) 8-bit PNG, tagged with ``profile``."""
     buf = io.BytesIO()
-    Image.fromarray(gray).save(buf, "PNG", **({"icc_profile": profile} if profile else {}))
+    Image.fromarray(pixels).save(buf, "PNG", **({"icc_profile": profile} if profile else {}))
     return buf.getvalue()
 
 
@@ -49,9 +50,9 @@ def test_littlecms_srgb_is_recognised_as_srgb():
 
 
 def test_gray_gamma22_gives_the_profiles_l_not_srgbs():
-    data = _gray_png(RAMP8, iccfixtures.gray_gamma22())
+    data = _png(RAMP8, iccfixtures.gray_gamma22())
     managed = imageio.decode_image(data)
-    plain = imageio.decode_image(_gray_png(RAMP8, None))
+    plain = imageio.decode_image(_png(RAMP8, None))
     assert managed.is_gray and "Gray Gamma 2.2" in managed.colour and "applied" in managed.colour
     assert plain.colour.startswith("no ICC profile")
     l_managed = color.srgb_to_l(managed.rgb)[0]
@@ -66,14 +67,14 @@ def test_gray_gamma22_gives_the_profiles_l_not_srgbs():
 
 def test_8bit_gray_in_a_profile_keeps_every_level():
     """Gamma 2.2 -> sRGB merges shadow levels at 8 bits; the decode keeps them all (uint16 out)."""
-    managed = imageio.decode_image(_gray_png(RAMP8, iccfixtures.gray_gamma22()))
+    managed = imageio.decode_image(_png(RAMP8, iccfixtures.gray_gamma22()))
     assert managed.rgb.dtype == np.uint16 and managed.bit_depth == 8
     assert len(np.unique(managed.rgb[..., 0])) == 256
 
 
 def test_dot_gain_agrees_with_littlecms():
     data = iccfixtures.dot_gain20()
-    managed = imageio.decode_image(_gray_png(RAMP8, data))
+    managed = imageio.decode_image(_png(RAMP8, data))
     ours = managed.rgb[0].astype(np.float64) / 257
     assert np.max(np.abs(ours - _lcms(RAMP8[:1], data, "L")[0])) <= 1.05
     assert np.max(np.abs(ours[:, 0] - RAMP8[0])) > 10  # and it does change the tones
@@ -82,9 +83,7 @@ def test_dot_gain_agrees_with_littlecms():
 def test_adobe_rgb_8bit_agrees_with_littlecms_and_changes_l():
     rng = np.random.default_rng(0)
     px = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(px).save(buf, "PNG", icc_profile=iccfixtures.adobe_rgb())
-    managed = imageio.decode_image(buf.getvalue())
+    managed = imageio.decode_image(_png(px, iccfixtures.adobe_rgb()))
     assert np.max(np.abs(managed.rgb.astype(np.float64) - _lcms(px, iccfixtures.adobe_rgb(), "RGB"))) <= 1
     assert np.mean(np.abs(color.srgb_to_l(managed.rgb) - color.srgb_to_l(px))) > 0.5
 
@@ -113,21 +112,34 @@ def test_16bit_rgb_adobe_rgb_tiff_matches_littlecms_at_8_bits():
 
 def test_srgb_profile_changes_nothing():
     px = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(px).save(buf, "PNG", icc_profile=icc.srgb_profile_bytes())
-    out = imageio.decode_image(buf.getvalue())
+    out = imageio.decode_image(_png(px, icc.srgb_profile_bytes()))
     assert np.array_equal(out.rgb, px) and "is sRGB" in out.colour
 
 
 @pytest.mark.parametrize("profile, reason", [
     (b"not a profile at all, just some bytes" * 8, "ignored"),
     (iccfixtures.adobe_rgb()[:200], "truncated"),
-    (iccfixtures.adobe_rgb(), "an RGB profile on a gray image"),
 ])
 def test_unusable_profile_is_ignored_with_a_reason_and_costs_nothing(profile, reason):
-    out = imageio.decode_image(_gray_png(RAMP8, profile))
+    out = imageio.decode_image(_png(RAMP8, profile))
     assert np.array_equal(out.rgb[..., 0], RAMP8) and out.rgb.dtype == np.uint8
-    assert reason in out.colour.replace("a RGB", "an RGB") and "read as sRGB" in out.colour
+    assert reason in out.colour and "read as sRGB" in out.colour and ";" not in out.colour
+
+
+def test_gray_profile_on_a_colour_image_is_ignored():
+    px = np.random.default_rng(6).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    out = imageio.decode_image(_png(px, iccfixtures.gray_gamma22()))
+    assert np.array_equal(out.rgb, px) and "GRAY gray-trc profile on an RGB image" in out.colour
+
+
+def test_gray_image_tagged_with_an_rgb_profile_uses_its_gray_axis():
+    """Gray JPEGs tagged sRGB are common (read as they are); in Adobe RGB, R = G = B is gamma 563/256 gray."""
+    srgb_tagged = imageio.decode_image(_png(RAMP8, icc.srgb_profile_bytes()))
+    assert np.array_equal(srgb_tagged.rgb[..., 0], RAMP8) and "is sRGB" in srgb_tagged.colour
+    adobe = imageio.decode_image(_png(RAMP8, iccfixtures.adobe_rgb()))
+    assert adobe.is_gray and "applied" in adobe.colour
+    expected = _lab_l((np.arange(256) / 255.0) ** iccfixtures.ADOBE_RGB_GAMMA)
+    assert np.max(np.abs(color.srgb_to_l(adobe.rgb)[0] - expected)) < 0.1
 
 
 def test_parse_profile_reasons_are_one_line():
