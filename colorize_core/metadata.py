@@ -540,18 +540,19 @@ _STRUCTURAL = frozenset({
 
 
 class _Builder:
-    """A classic-TIFF structure being written (an EXIF block, or IFDs appended to an output file)."""
+    """A classic-TIFF structure being written: an EXIF block (``base`` 0), or what is appended to an output
+    file of ``base`` bytes (offsets count from the file's start; the file itself is not copied)."""
 
-    def __init__(self, order: str, buf: bytearray):
-        self.order, self.buf = order, buf
+    def __init__(self, order: str, buf: bytearray, base: int = 0):
+        self.order, self.buf, self.base = order, buf, base
 
     def _align(self) -> None:
-        if len(self.buf) % 2:
+        if (self.base + len(self.buf)) % 2:
             self.buf += b"\0"
 
     def put(self, value: bytes) -> int:
         self._align()
-        at = len(self.buf)
+        at = self.base + len(self.buf)
         self.buf += value
         return at
 
@@ -565,7 +566,7 @@ class _Builder:
                 at = self.put(value)
                 fields.append(struct.pack(self.order + "HHII", tag, typ, count, at))
         self._align()
-        at = len(self.buf)
+        at = self.base + len(self.buf)
         self.buf += struct.pack(self.order + "H", len(fields)) + b"".join(fields)
         self.buf += struct.pack(self.order + "I", next_ifd)
         return at
@@ -1072,7 +1073,8 @@ def _png_insert(data: bytes, exif, xmp, icc, dpi) -> bytes:
     out.append(_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + xmp))
     # the encoder's own chunks of these kinds would contradict ours (Pillow writes none unless asked)
     replaced = {b"iCCP", b"sRGB", b"pHYs", b"eXIf", b"gAMA", b"cHRM", b"iTXt"}
-    out += [data[pos: pos + 12 + size] for ctype, pos, size in _chunks(data, after_ihdr, "PNG")
+    view = memoryview(data)  # image data is joined once, not sliced into copies first
+    out += [view[pos: pos + 12 + size] for ctype, pos, size in _chunks(data, after_ihdr, "PNG")
             if ctype not in replaced or (ctype == b"iTXt" and not data.startswith(b"XML:com.adobe.xmp\0", pos + 8))]
     return b"".join(out)
 
@@ -1133,8 +1135,8 @@ def _tiff_insert(data: bytes, exif, xmp, icc, iptc, dpi) -> tuple[bytes, int]:
     if t.big:
         raise ValueError("BigTIFF output is not supported")
     order = t.order
-    buf = bytearray(data)
-    b = _Builder(order, buf)
+    tail = bytearray()
+    b = _Builder(order, tail, base=len(data))
     own, next_pos, next_ifd = t.ifd(t.first)
     entries = {e.tag: (e.tag, e.type, e.count, e.value) for e in own}
     left_out = 0
@@ -1154,5 +1156,4 @@ def _tiff_insert(data: bytes, exif, xmp, icc, iptc, dpi) -> tuple[bytes, int]:
             entries[tag] = (tag, 5, 1, struct.pack(order + "II", num, den))
         entries[296] = (296, 3, 1, struct.pack(order + "H", 2))
     at = b.ifd(list(entries.values()), next_ifd)
-    struct.pack_into(order + "I", buf, 4, at)
-    return bytes(buf), left_out
+    return b"".join((data[:4], struct.pack(order + "I", at), memoryview(data)[8:], tail)), left_out
