@@ -16,8 +16,7 @@ Act's machine-readable marking). So:
   on the encoder's bytes, and says what the format could not hold. Every output gets an sRGB ICC profile: its
   pixels are sRGB (the source's own profile was applied on decode, see :mod:`colorize_core.icc`).
 
-What each format holds is the README's table ("Archival outputs and provenance"); :data:`FORMAT_LIMITS` is its
-source of truth in code.
+What each format holds is the README's table ("Archival outputs and provenance").
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ from .imageio import canonical_format
 
 __all__ = [
     "DIGITAL_SOURCE_TYPE",
-    "FORMAT_LIMITS",
     "Derivation",
     "SourceMetadata",
     "Written",
@@ -53,13 +51,7 @@ __all__ = [
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 """IPTC's term for an existing image (the scan: a capture) edited with a trained model."""
 
-FORMAT_LIMITS: dict[str, dict[str, str]] = {
-    "jpeg": {"iptc": "APP13 (Photoshop IRB)", "limit": "each block at most 64 KB (one APP segment)"},
-    "png": {"iptc": "none", "limit": "PNG has no place for IPTC-IIM"},
-    "webp": {"iptc": "none", "limit": "WebP has no place for IPTC-IIM; dpi only through EXIF or XMP"},
-    "tiff": {"iptc": "tag 33723", "limit": ""},
-}
-"""Where each output format keeps what: the README's format table, in code (the messages below quote it)."""
+_NO_IPTC = {"png": "PNG has no place for IPTC-IIM", "webp": "WebP has no place for IPTC-IIM"}
 
 _MAX_BLOCK = 16 * 1024 * 1024  # largest decompressed metadata chunk read (zlib bombs in PNG text chunks)
 _JPEG_SEGMENT = 65533  # payload bytes of one JPEG APPn segment (65535 minus its length field)
@@ -572,7 +564,7 @@ class _Builder:
         return at
 
     def copy_ifd(self, src: _Tiff, offset: int, skip: frozenset[int] = frozenset(), seen: set[int] | None = None,
-                 overrides: dict[int, tuple[int, int, bytes]] | None = None, depth: int = 0) -> tuple[list, int]:
+                 depth: int = 0) -> tuple[list, int]:
         """The entries of ``src``'s IFD at ``offset`` re-based into this structure (sub-IFDs copied first).
         Returns (entries for :meth:`ifd`, number of entries left out)."""
         seen = set() if seen is None else seen
@@ -584,10 +576,6 @@ class _Builder:
         out, left_out = [], 0
         for e in src.ifd(offset)[0]:
             if e.tag in skip:
-                continue
-            if overrides and e.tag in overrides:
-                typ, count, value = overrides[e.tag]
-                out.append((e.tag, typ, count, value))
                 continue
             if e.type not in _CLASSIC_TYPES:
                 left_out += 1
@@ -986,7 +974,7 @@ def write(encoded: bytes, fmt: str, source: SourceMetadata, record: Derivation) 
                  "tiff:ResolutionUnit": "2"}
     exif, iptc = source.exif, source.iptc
     if iptc and fmt in ("png", "webp"):
-        dropped.append(f"iptc: {FORMAT_LIMITS[fmt]['limit'].split(';')[0]}: its fields were mapped into the XMP")
+        dropped.append(f"iptc: {_NO_IPTC[fmt]}: its fields were mapped into the XMP")
     xmp = build_xmp(source.xmp, record, extra=extra, iptc=iptc if fmt in ("png", "webp") else None)
     icc = icc_mod.srgb_profile_bytes()
     if fmt in ("png", "webp"):
