@@ -34,8 +34,12 @@ Decisions worth knowing:
 * **Orientation**: the EXIF Orientation tag (all 8 values) is applied; an
   unreadable EXIF block leaves the stored orientation rather than rejecting
   otherwise good pixels.
-* Colour management is not applied: ICC profiles are ignored, CMYK and YCbCr
-  use Pillow's plain conversions.
+* **Colour management**: an embedded ICC profile is applied (:mod:`colorize_core.icc`), so ``rgb`` is
+  sRGB whatever the scanner wrote (Gray Gamma 2.2, Dot Gain 20 %, Adobe RGB, CMYK with its profile).
+  Without a profile RGB is taken as sRGB, gray as gray with sRGB's tone curve, CMYK and YCbCr through
+  Pillow's plain conversions. An 8-bit gray source in a non-sRGB gray profile comes out as uint16 (its
+  converted tone curve needs more than 256 levels); ``bit_depth`` still says 8. ``colour`` says in one
+  line what was done, and why a profile was ignored (unreadable, or the wrong colour space for the pixels).
 * Multi-frame files (GIF, WebP, multi-page TIFF, MPO) yield their first frame.
 * **Formats**: only :data:`DECODE_FORMATS` are decoded, all by code inside this process (Pillow's C
   decoders, tifffile). Pillow would otherwise try every plugin it has, and its EPS plugin runs Ghostscript
@@ -52,12 +56,14 @@ import re
 import sys
 import threading
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
+from . import icc as icc_mod
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -65,7 +71,9 @@ __all__ = [
     "DecodedImage",
     "ImageDecodeError",
     "decode_image",
+    "canonical_format",
     "encode_image",
+    "output_depth",
     "to_float01",
     "to_uint8",
 ]
@@ -74,7 +82,12 @@ DEFAULT_MAX_PIXELS = 100_000_000
 """Largest width*height decoded by default: a 10k x 10k scan, ~300 MB as uint8
 RGB (twice that for 16-bit). Raise it per call for very large plates."""
 
-FORMAT_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+FORMAT_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "tiff": "tif"}
+
+FORMAT_DEPTHS = {"jpeg": (8,), "png": (8, 16), "webp": (8,), "tiff": (8, 16)}
+"""Bits per sample each output format holds: masters at full depth are PNG or TIFF."""
+
+OUTPUT_DEPTHS = ("auto", "8", "16")
 
 DECODE_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "JPEG2000", "PPM")
 """Pillow format names we decode (``Image.open(formats=...)``). MPO (multi-picture JPEG) opens through
@@ -146,17 +159,21 @@ class ImageDecodeError(InputError, ValueError):
 class DecodedImage:
     """Pixels as displayed (orientation applied, alpha flattened) plus provenance.
 
-    `rgb` is [H, W, 3], C-contiguous, uint8 for 8-bit (and 1-bit) sources and
-    uint16 for 16-bit ones. `source_mode` is Pillow's mode, except 16-bit colour
+    `rgb` is [H, W, 3] sRGB, C-contiguous, uint8 for 8-bit (and 1-bit) sources and
+    uint16 for 16-bit ones (and for 8-bit gray converted from a non-sRGB gray profile, see the module
+    docstring). `source_mode` is Pillow's mode, except 16-bit colour
     which is reported as ``RGB;16`` / ``RGBA;16`` (Pillow calls it ``RGB``).
     `is_gray` is True when the source carries no colour: a gray mode, or colour
-    whose three channels are identical everywhere.
+    whose three channels are identical everywhere. `bit_depth` is the file's bits per sample (8 or 16):
+    what ``--output-depth auto`` follows. `colour` is what colour management did, one line.
     """
 
     rgb: np.ndarray
     source_mode: str
     source_format: str
     is_gray: bool
+    bit_depth: int = 8
+    colour: str = "no ICC profile: read as sRGB"
 
     @property
     def height(self) -> int:
@@ -218,24 +235,51 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.rint(rgb.astype(np.float32) / np.float32(257.0)).astype(np.uint8)
 
 
+def output_depth(requested: str | int, source_bits: int, fmt: str) -> int:
+    """Bits per sample of an output: ``auto`` is 16 where the source is 16-bit and the format holds 16 bits
+    (PNG, TIFF), else 8. An explicit 16 in a format that cannot hold it is a ValueError (configs check it
+    at start-up, so no image fails for it)."""
+    fmt_key = canonical_format(fmt)
+    requested = str(requested)
+    if requested not in OUTPUT_DEPTHS:
+        raise ValueError(f"output depth must be one of {', '.join(OUTPUT_DEPTHS)}, got {requested!r}")
+    if requested == "auto":
+        return 16 if source_bits > 8 and 16 in FORMAT_DEPTHS[fmt_key] else 8
+    depth = int(requested)
+    if depth not in FORMAT_DEPTHS[fmt_key]:
+        raise ValueError(f"{fmt_key} holds {' or '.join(map(str, FORMAT_DEPTHS[fmt_key]))}-bit samples only; "
+                         f"for 16-bit masters use png or tiff")
+    return depth
+
+
 def encode_image(rgb: np.ndarray, fmt: str = "jpeg", *, quality: int = 95) -> bytes:
-    """Encode uint8 [H, W, 3] as JPEG (4:4:4), PNG (lossless) or WebP.
+    """Encode [H, W, 3] as JPEG (4:4:4), PNG (lossless), WebP or TIFF (deflate): uint8 for every format,
+    uint16 for PNG and TIFF (16-bit masters).
 
     JPEG keeps full-resolution chroma because colour is the product here.
-    WebP at quality 100 is written lossless.
+    WebP at quality 100 is written lossless. TIFF is deflate with horizontal differencing (predictor 2,
+    which every TIFF reader knows), little-endian, one strip per ~256 KB. Only pixels are written here:
+    :func:`colorize_core.metadata.write` adds the metadata (and the sRGB profile) to these bytes.
     """
-    fmt_key = _canonical_format(fmt)
+    fmt_key = canonical_format(fmt)
     rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+    depths = FORMAT_DEPTHS[fmt_key]
+    allowed = (np.uint8, np.uint16) if 16 in depths else (np.uint8,)
+    if rgb.dtype not in allowed or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(
-            f"encode_image expects uint8 [H, W, 3], got {rgb.dtype} {list(rgb.shape)}; "
-            "convert (e.g. np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)) first"
+            f"encode_image({fmt_key}) expects {' or '.join(np.dtype(d).name for d in allowed)} [H, W, 3], got "
+            f"{rgb.dtype} {list(rgb.shape)}; convert (e.g. np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)) first"
         )
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ValueError(f"encode_image got an empty image {list(rgb.shape)}")
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be an int in [1, 100], got {quality!r}")
-    im = Image.fromarray(np.ascontiguousarray(rgb))
+    rgb = np.ascontiguousarray(rgb)
+    if fmt_key == "tiff":
+        return _encode_tiff(rgb)
+    if rgb.dtype == np.uint16:
+        return _encode_png16(rgb)
+    im = Image.fromarray(rgb)
     buf = io.BytesIO()
     if fmt_key == "jpeg":
         im.save(buf, "JPEG", quality=quality, subsampling=0)
@@ -244,6 +288,62 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpeg", *, quality: int = 95) -> by
     else:
         im.save(buf, "WEBP", quality=quality, lossless=quality == 100)
     return buf.getvalue()
+
+
+def _encode_tiff(rgb: np.ndarray) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, rgb, photometric="rgb", compression="zlib", predictor=True, byteorder="<",
+                     metadata=None, software=False, bigtiff=False)
+    return buf.getvalue()
+
+
+_PNG_BAND_BYTES = 1 << 20
+_PNG_FILTER_CODES = np.array((0, 1, 2, 4), np.uint8)  # None, Sub, Up, Paeth
+
+
+def _encode_png16(rgb: np.ndarray, level: int = 6) -> bytes:
+    """16-bit RGB PNG (Pillow cannot write one): the filters in numpy, band by band, each row taking the one
+    of None/Sub/Up/Paeth with the smallest sum of |bytes| (libpng's heuristic), then zlib."""
+    h, w, _ = rgb.shape
+    bpp, stride = 6, w * 6
+    raw = rgb.astype(">u2", copy=False).view(np.uint8).reshape(h, stride)
+    comp = zlib.compressobj(level)
+    idat: list[bytes] = []
+    prev = np.zeros(stride, np.uint8)
+    band = max(1, _PNG_BAND_BYTES // stride)
+    for s in range(0, h, band):
+        cur = raw[s: s + band]
+        up = np.empty_like(cur)
+        up[0], up[1:] = prev, cur[:-1]
+        left = np.zeros_like(cur)
+        left[:, bpp:] = cur[:, :-bpp]
+        upleft = np.zeros_like(cur)
+        upleft[:, bpp:] = up[:, :-bpp]
+        a, b, c = left.astype(np.int16), up.astype(np.int16), upleft.astype(np.int16)
+        pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+        candidates = np.stack([cur, cur - left, cur - up, cur - paeth])  # uint8 arithmetic wraps, as PNG's
+        cost = np.minimum(candidates, 0 - candidates).sum(axis=2, dtype=np.uint32)  # |byte as int8|
+        best = np.argmin(cost, axis=0)
+        rows = np.empty((len(cur), stride + 1), np.uint8)
+        rows[:, 0] = _PNG_FILTER_CODES[best]
+        rows[:, 1:] = candidates[best, np.arange(len(cur))]
+        idat.append(comp.compress(rows.tobytes()))
+        prev = cur[-1]
+    idat.append(comp.flush())
+    data = b"".join(idat)
+
+    def chunk(ctype: bytes, body: bytes) -> bytes:
+        return (len(body).to_bytes(4, "big") + ctype + body
+                + (zlib.crc32(ctype + body) & 0xFFFFFFFF).to_bytes(4, "big"))
+
+    ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])
+    parts = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", ihdr)]
+    parts += [chunk(b"IDAT", data[i: i + (1 << 20)]) for i in range(0, len(data), 1 << 20)]
+    parts.append(chunk(b"IEND", b""))
+    return b"".join(parts)
 
 
 # --------------------------------------------------------------------------- decode
@@ -275,12 +375,21 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
             return _decode_rgb16(data, im, max_pixels)
         im.load()  # full decode: raises on truncation
         source_mode = im.mode
+        profile = im.info.get("icc_profile")
         try:
             ImageOps.exif_transpose(im, in_place=True)
         except Exception:  # noqa: BLE001 - bad EXIF must not cost good pixels
             pass
+        note = None
+        if source_mode == "CMYK" and profile:
+            im, note = icc_mod.cmyk_to_srgb(im, profile)
         rgb, is_gray = _to_rgb(im)
-    return DecodedImage(rgb=rgb, source_mode=source_mode, source_format=fmt, is_gray=is_gray)
+    bits = 16 if source_mode in _GRAY16_MODES or (source_mode == "I" and rgb.dtype == np.uint16) else 8
+    if note is None:
+        managed = icc_mod.apply_profile(rgb, is_gray, profile, gray_source=source_mode in _GRAY_MODES)
+        rgb, is_gray, note = managed.rgb, managed.is_gray, managed.note
+    return DecodedImage(rgb=rgb, source_mode=source_mode, source_format=fmt, is_gray=is_gray, bit_depth=bits,
+                        colour=note)
 
 
 def _to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
@@ -346,7 +455,7 @@ def _decode_rgb16(data: bytes, im: Image.Image, max_pixels: int) -> DecodedImage
     if hi.shape != lo.shape or hi.ndim != 3:
         raise ImageDecodeError(f"corrupt 16-bit {fmt} data")
     arr = (hi.astype(np.uint16) << 8) | lo
-    return _finish16(arr, _exif_orientation(im), fmt)
+    return _finish16(arr, _exif_orientation(im), fmt, profile=im.info.get("icc_profile"))
 
 
 def _load_with_rawmodes(data: bytes, rawmodes: list[str]) -> np.ndarray:
@@ -390,11 +499,15 @@ def _read_tiff16(data: bytes, max_pixels: int) -> DecodedImage | None:
         first_extra = int(page.extrasamples[0]) if len(page.extrasamples) else 0  # 1 assoc, 2 unassoc alpha
         tag = page.tags.get(274)
         orientation = int(tag.value) if tag is not None else 1
+        icc_tag = page.tags.get(34675)
+        profile = bytes(icc_tag.value) if icc_tag is not None and isinstance(icc_tag.value, bytes) else None
     arr = arr[..., :4] if first_extra in (1, 2) else arr[..., :3]
-    return _finish16(arr.astype(np.uint16, copy=False), orientation, "TIFF", premultiplied=first_extra == 1)
+    return _finish16(arr.astype(np.uint16, copy=False), orientation, "TIFF", premultiplied=first_extra == 1,
+                     profile=profile)
 
 
-def _finish16(arr: np.ndarray, orientation: int, fmt: str, *, premultiplied: bool = False) -> DecodedImage:
+def _finish16(arr: np.ndarray, orientation: int, fmt: str, *, premultiplied: bool = False,
+              profile: bytes | None = None) -> DecodedImage:
     """[H, W, 3|4] uint16 -> oriented, alpha-flattened DecodedImage."""
     if arr.shape[2] == 4 and premultiplied:  # colour already scaled by alpha: add the white
         white = 65535 - arr[..., 3:].astype(np.uint32)
@@ -404,7 +517,9 @@ def _finish16(arr: np.ndarray, orientation: int, fmt: str, *, premultiplied: boo
     else:
         mode, rgb = "RGB;16", arr[..., :3]
     rgb = np.ascontiguousarray(_orient(rgb, orientation))
-    return DecodedImage(rgb=rgb, source_mode=mode, source_format=fmt, is_gray=_channels_equal(rgb))
+    managed = icc_mod.apply_profile(rgb, _channels_equal(rgb), profile, gray_source=False)
+    return DecodedImage(rgb=managed.rgb, source_mode=mode, source_format=fmt, is_gray=managed.is_gray,
+                        bit_depth=16, colour=managed.note)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -539,9 +654,10 @@ def _one_line(text: str) -> str:
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
 
 
-def _canonical_format(fmt: str) -> str:
+def canonical_format(fmt: str) -> str:
+    """``jpg``/``JPEG``/``.tif``... -> the key of :data:`FORMAT_EXTENSIONS`, or a ValueError naming the choices."""
     key = str(fmt).lower().lstrip(".")
-    key = "jpeg" if key == "jpg" else key
+    key = {"jpg": "jpeg", "tif": "tiff"}.get(key, key)
     if key not in FORMAT_EXTENSIONS:
-        raise ValueError(f"unknown output format {fmt!r}; use one of {sorted(FORMAT_EXTENSIONS)} (or 'jpg')")
+        raise ValueError(f"unknown output format {fmt!r}; use one of {sorted(FORMAT_EXTENSIONS)} (or 'jpg', 'tif')")
     return key

@@ -32,7 +32,7 @@ OPTIONAL_TYPES = {"reference_uri": pa.string(),
 MAX_COMPONENT_BYTES = storage.MAX_NAME_BYTES - len(".webp")
 MAX_ID_BYTES = 900
 MAX_ID_LENGTH = MAX_ID_BYTES  # bytes of UTF-8; the old name, kept for callers
-_OUTPUT_EXTENSIONS = ("jpg", "png", "webp")  # imageio.FORMAT_EXTENSIONS values (not imported: no PIL here)
+_OUTPUT_EXTENSIONS = ("jpg", "png", "webp", "tif")  # imageio.FORMAT_EXTENSIONS values (not imported: no PIL here)
 MAX_REPORTED = 10
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -203,7 +203,7 @@ def validate(uri: str, options, *, output: str | None = None, output_format: str
 
 def _validate(uri: str, options, output: str | None, output_format: str | None) -> ManifestInfo:
     extensions = _OUTPUT_EXTENSIONS if output_format is None else (
-        {"jpeg": "jpg"}.get(output_format, output_format),)
+        {"jpeg": "jpg", "tiff": "tif"}.get(output_format, output_format),)
     key_budget = None
     if output is not None and storage.is_s3(output):
         prefix = storage.join(output, "images")[len(storage.S3_SCHEME):].split("/", 1)[-1]

@@ -413,14 +413,75 @@ def test_to_float01():
         to_float01(u8.astype(np.float32))
 
 
-@pytest.mark.parametrize("fmt", ["jpeg", "jpg", "JPEG", "png", "PNG", "webp", "WebP"])
+@pytest.mark.parametrize("fmt", ["jpeg", "jpg", "JPEG", "png", "PNG", "webp", "WebP", "tiff", "tif"])
 def test_encode_round_trip_keeps_geometry(fmt):
     rgb = color_u8()
     img = decode_image(encode_image(rgb, fmt))
     assert img.rgb.shape == rgb.shape and img.rgb.dtype == np.uint8
     assert np.abs(img.rgb.astype(int) - rgb).mean() < 3
-    if fmt.lower() == "png":
+    if fmt.lower() in ("png", "tiff", "tif"):
         np.testing.assert_array_equal(img.rgb, rgb)
+
+
+def _master16() -> np.ndarray:
+    """16-bit colour with structure in every bit: gradients in the high bits, noise in the low ones."""
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:123, 0:217]
+    base = np.stack([x * 300, y * 530, (x + y) * 190], axis=-1)
+    return ((base + rng.integers(0, 256, base.shape)) % 65536).astype(np.uint16)
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_16bit_masters_round_trip_exactly(fmt):
+    rgb = _master16()
+    data = encode_image(rgb, fmt)
+    img = decode_image(data)
+    assert img.rgb.dtype == np.uint16 and img.bit_depth == 16
+    np.testing.assert_array_equal(img.rgb, rgb)
+    if fmt == "tiff":
+        page = tifffile.TiffFile(io.BytesIO(data)).pages[0]
+        assert page.compression == 8 and page.predictor == 2 and page.bitspersample == 16  # deflate, differencing
+    else:
+        assert Image.open(io.BytesIO(data)).mode == "RGB" and data[24:26] == bytes([16, 2])  # IHDR depth, colour
+
+
+def test_16bit_png_uses_every_filter_where_it_pays():
+    """The adaptive filter choice decodes exactly whatever it picked (rows of flat, ramp and noise)."""
+    rgb = np.zeros((40, 300, 3), np.uint16)
+    rgb[10:20] = np.arange(300, dtype=np.uint16)[None, :, None] * 200
+    rgb[20:30] = np.random.default_rng(4).integers(0, 65536, (10, 300, 3), dtype=np.uint16)
+    rgb[30:] = np.arange(10, dtype=np.uint16)[:, None, None] * 6000
+    np.testing.assert_array_equal(decode_image(encode_image(rgb, "png")).rgb, rgb)
+
+
+def test_16bit_lightness_keeps_the_masters_tonal_precision():
+    """A 16-bit gray master with far more than 256 levels, given colour at 16 bits, keeps its levels and its L
+    within 0.5 L units; the same colour at 8 bits keeps far fewer."""
+    from colorize_core import color
+
+    gray = np.linspace(0, 65535, 120 * 160).round().astype(np.uint16).reshape(120, 160)
+    master_l = color.srgb_to_l(np.repeat(gray[..., None], 3, axis=2))
+    lab = np.stack([master_l, np.full_like(master_l, 6.0), np.full_like(master_l, 9.0)], axis=-1)
+    colour = color.lab_to_srgb(lab)  # a warm tint, unclipped where in gamut
+    in_gamut = np.all((colour > 1e-3) & (colour < 1 - 1e-3), axis=-1)  # lab_to_srgb clips the rest
+    assert in_gamut.mean() > 0.8
+    for fmt in ("png", "tiff"):
+        out = decode_image(encode_image(np.rint(colour * 65535).astype(np.uint16), fmt)).rgb
+        out_l = color.srgb_to_l(out)
+        assert np.max(np.abs(out_l - master_l)[in_gamut]) < 0.5
+        assert len(np.unique(np.round(out_l, 3))) > 5000
+    eight_l = color.srgb_to_l(np.rint(colour * 255).astype(np.uint8))  # what an 8-bit output keeps
+    assert len(np.unique(np.round(eight_l, 3))) < 1000
+
+
+def test_output_depth_follows_source_and_format():
+    assert imageio.output_depth("auto", 16, "png") == 16 and imageio.output_depth("auto", 16, "tiff") == 16
+    assert imageio.output_depth("auto", 16, "jpeg") == 8 and imageio.output_depth("auto", 8, "png") == 8
+    assert imageio.output_depth("8", 16, "tiff") == 8 and imageio.output_depth(16, 8, "png") == 16
+    with pytest.raises(ValueError, match="png or tiff"):
+        imageio.output_depth("16", 16, "webp")
+    with pytest.raises(ValueError, match="auto, 8, 16"):
+        imageio.output_depth("12", 16, "png")
 
 
 def test_encode_options():
@@ -429,15 +490,16 @@ def test_encode_options():
     assert jpeg.format == "JPEG" and JpegImagePlugin.get_sampling(jpeg) == 0  # 4:4:4
     assert len(encode_image(rgb, "jpeg", quality=30)) < len(encode_image(rgb, "jpeg", quality=95))
     np.testing.assert_array_equal(decode_image(encode_image(rgb, "webp", quality=100)).rgb, rgb)  # lossless
-    assert FORMAT_EXTENSIONS == {"jpeg": "jpg", "png": "png", "webp": "webp"}
+    assert FORMAT_EXTENSIONS == {"jpeg": "jpg", "png": "png", "webp": "webp", "tiff": "tif"}
 
 
 @pytest.mark.parametrize(
     ("rgb", "fmt", "kwargs"),
     [
         (color_u8(), "gif", {}),
-        (color_u8(), "tiff", {}),
-        (color_u16(), "png", {}),
+        (color_u16(), "jpeg", {}),
+        (color_u16(), "webp", {}),
+        (color_u16().astype(np.int32), "png", {}),
         (gray_u8(), "png", {}),
         (color_u8(), "jpeg", {"quality": 0}),
         (color_u8()[:0], "png", {}),
