@@ -287,12 +287,21 @@ class Colourfulness:
 
     def add(self, rgb: torch.Tensor, bits: int = 8) -> None:
         px = rgb.reshape(-1, 3).to(torch.int64)
-        rg = px[:, 0] - px[:, 1]
-        yb2 = px[:, 0] + px[:, 1] - 2 * px[:, 2]
+        self._add(px[:, 0], px[:, 1], px[:, 2])
+        self.scale = 255.0 / (2**bits - 1)
+
+    def add_words(self, words: torch.Tensor) -> None:
+        """8-bit pixels packed as int32 words, R in the low byte (RGBX, little-endian): unpacked with shifts,
+        no copy of the image (on a CPU about half the cost of :meth:`add`)."""
+        words = words.reshape(-1)
+        self._add(words & 255, (words >> 8) & 255, (words >> 16) & 255)
+
+    def _add(self, r: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> None:
+        rg = r - g
+        yb2 = r + g - 2 * b  # int32 squares stay below 2**31 for 8-bit codes; int64 for 16-bit ones
         sums = torch.stack([rg.sum(), (rg * rg).sum(), yb2.sum(), (yb2 * yb2).sum()]).tolist()
         self.sums = [x + int(y) for x, y in zip(self.sums, sums)]
-        self.n += px.shape[0]
-        self.scale = 255.0 / (2**bits - 1)
+        self.n += r.numel()
 
     def value(self) -> float:
         s_rg, s_rg2, s_yb, s_yb2 = self.sums

@@ -196,6 +196,15 @@ def test_colourfulness_equals_metrics_py_and_scales_16_bit():
     assert abs(torchpath.colourfulness(rgb16) - metrics.colorfulness(rgb)) < 1e-9
 
 
+def test_colourfulness_of_packed_rgbx_words_equals_the_rgb_one():
+    rgb = RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    rgbx = np.zeros((40, 50, 4), np.uint8)
+    rgbx[..., :3] = rgb
+    acc = torchpath.Colourfulness()
+    acc.add_words(torch.from_numpy(rgbx.view(np.int32)))
+    assert abs(acc.value() - metrics.colorfulness(rgb)) < 1e-9
+
+
 def test_compose_scores_colourfulness_of_the_pixels_it_returns():
     gray = RNG.integers(0, 256, (64, 80), dtype=np.uint8)
     acc = torchpath.Colourfulness()
