@@ -170,14 +170,24 @@ def up_torch_u8_whole(ab, size):
     return F.interpolate(packed_ab(ab), size=size, mode="bilinear", align_corners=False)
 
 
-def up_torch_u8_banded(ab, size):
-    """The same, banded: down once at model width ([H, w] pixels: 10 MB for a 10,000-row scan at w = 256),
-    then each band's rows across with F.interpolate itself (the vertical size is unchanged, so it is the
-    identity there, and the horizontal coordinates are the whole image's): equal to the whole-image call."""
+STRIP = 128  # columns per strip of the uint8 path: H x 128 words (5 MB for a 10,000-row scan)
+
+
+def u8_strips(ab, size):
+    """torch's uint8 bilinear in column strips: across once at model height ([h, W] words: 10 MB for a
+    10,000-pixel-wide scan at h = 256), then each strip of columns down with F.interpolate itself (the width
+    is unchanged, so it is the identity across). Bit-identical to the whole-image call (its kernel runs
+    across first too); a row band would need the vertical pass first, which measured 2-4x slower."""
     height, width = size
-    down = F.interpolate(packed_ab(ab), size=(height, ab.shape[2]), mode="bilinear", align_corners=False)
-    return [F.interpolate(down[:, :, s:e], size=(e - s, width), mode="bilinear", align_corners=False)
-            for s, e in bands(*size)]
+    across = F.interpolate(packed_ab(ab), size=(ab.shape[1], width), mode="bilinear", align_corners=False)
+    for c0 in range(0, width, STRIP):
+        c1 = min(width, c0 + STRIP)
+        yield c0, c1, F.interpolate(across[:, :, :, c0:c1], size=(height, c1 - c0), mode="bilinear",
+                                    align_corners=False)
+
+
+def up_torch_u8_banded(ab, size):
+    return [strip for _, _, strip in u8_strips(ab, size)]
 
 
 # --------------------------------------------------------------------------- Lab -> sRGB variants
@@ -276,12 +286,14 @@ def conv_table_torch(gray, ab_q, table_t):
     return out.numpy().view(np.uint32)
 
 
-def compose_table(gray, ab, table_t, score: bool = False, float_ab: bool = False):
-    """The candidate CPU compose for 8-bit gray: ab upsampled as bytes by torch's uint8 bilinear (banded), the
+def compose_table(gray, ab, table_t, score: bool = False, float_ab: bool = False, strips: bool = False):
+    """The candidate CPU compose for 8-bit gray: ab upsampled as bytes by torch's uint8 bilinear (strips), the
     gray level written into each word's spare byte, one gather of the RGBX word; optionally the colourfulness
     of each band while it is in cache. ``float_ab``: ab upsampled in float32 (torchpath.AbUpsampler) and
-    rounded to the indices instead (error <= 0.5 ab unit against <= 1 from the bytes). Returns the [H, W]
-    RGBX words (and the colourfulness)."""
+    rounded to the indices instead (error <= 0.5 ab unit against <= 1 from the bytes). ``strips``: the uint8
+    upsampling in column strips (bit-identical to the whole-image call) instead of row bands (vertical pass
+    once at model width, then each band's rows across: within one of it). Returns the [H, W] RGBX words (and
+    the colourfulness)."""
     height, width = gray.shape
     g = torch.from_numpy(gray)
     out = torch.empty((height, width), dtype=torch.int32)
@@ -289,19 +301,29 @@ def compose_table(gray, ab, table_t, score: bool = False, float_ab: bool = False
     if float_ab:
         up = torchpath.AbUpsampler(ab, (height, width))
         g32 = g.to(torch.int32)
-    else:
-        down = F.interpolate(packed_ab(ab), size=(height, ab.shape[2]), mode="bilinear", align_corners=False)
-    for s, e in bands(height, width):
-        if float_ab:
+        for s, e in bands(height, width):
             ab_band = up.rows(s, e).add_(128.5).clamp_(0.0, 255.0).to(torch.int32)
             idx = (ab_band[0] << 16).bitwise_or_(ab_band[1] << 8).bitwise_or_(g32[s:e]).view(-1)
-        else:
+            torch.index_select(table_t, 0, idx, out=out[s:e].view(-1))
+            if score:
+                acc.add_words(out[s:e])
+    elif not strips:
+        down = F.interpolate(packed_ab(ab), size=(height, ab.shape[2]), mode="bilinear", align_corners=False)
+        for s, e in bands(height, width):
             words4 = F.interpolate(down[:, :, s:e], size=(e - s, width), mode="bilinear", align_corners=False)
             words4[0, 0] = g[s:e]  # byte 0 of each word (channels-last: the pixel's first byte)
             idx = words4.permute(0, 2, 3, 1).view(torch.int32).view(-1)
-        torch.index_select(table_t, 0, idx, out=out[s:e].view(-1))
-        if score:
-            acc.add_words(out[s:e])
+            torch.index_select(table_t, 0, idx, out=out[s:e].view(-1))
+            if score:
+                acc.add_words(out[s:e])
+    else:
+        for c0, c1, words4 in u8_strips(ab, (height, width)):
+            words4[0, 0] = g[:, c0:c1]  # byte 0 of each word (channels-last: the pixel's first byte)
+            idx = words4.permute(0, 2, 3, 1).view(torch.int32).view(-1)
+            rgbx = torch.index_select(table_t, 0, idx).view(height, c1 - c0)
+            out[:, c0:c1] = rgbx
+            if score:
+                acc.add_words(rgbx)
     words = out.numpy().view(np.uint32)
     return (words, acc.value()) if score else words
 
@@ -356,10 +378,10 @@ def main() -> None:
     q_full = quantise_ab(ab_full)
     for name, fn in [("torch uint8 bilinear (AVX2), a and b as bytes of one word, whole image",
                       lambda: up_torch_u8_whole(ab, size)),
-                     ("torch uint8 bilinear, down once + each band's rows across: table indices",
+                     ("torch uint8 bilinear, across once + strips of 128 columns down: table indices",
                       lambda: up_torch_u8_banded(ab, size))]:
         ms, out = best_ms(fn, rep)
-        out = torch.cat(out, dim=2) if isinstance(out, list) else out
+        out = torch.cat(out, dim=3) if isinstance(out, list) else out
         got = out[0, 1:3].flip(0).numpy().astype(np.float32) - 128
         add("ab upsample (bilinear)", name, ms, f"max |diff| {np.abs(got - ab_full).max():.2f} ab; "
             f"{np.mean(out[0, 1:3].flip(0).numpy() != q_full):.1%} of indices differ from rounding F.interpolate")
@@ -421,9 +443,10 @@ def main() -> None:
     add("whole compose", "Pillow L ab bytes + [a][b][gray] table -> RGBX (no float per pixel)", ms,
         fidelity(rgbx_to_rgb(words)))
     table_t = torch.from_numpy(tables[1.0].view(np.int32))
-    ms, words = best_ms(lambda: compose_table(gray, ab, table_t), rep)
-    add("whole compose", "torch uint8 ab words + gray byte + [a][b][gray] gather -> RGBX (banded)", ms,
-        f"{fidelity(rgbx_to_rgb(words))}; {delta_e(rgbx_to_rgb(words), ref)}")
+    for layout, strips in (("row bands", False), ("column strips", True)):
+        ms, words = best_ms(lambda: compose_table(gray, ab, table_t, strips=strips), rep)
+        add("whole compose", f"torch uint8 ab words ({layout}) + gray byte + [a][b][gray] gather -> RGBX", ms,
+            f"{fidelity(rgbx_to_rgb(words))}; {delta_e(rgbx_to_rgb(words), ref)}")
     ms, words = best_ms(lambda: compose_table(gray, ab, table_t, float_ab=True), rep)
     add("whole compose", "torch float32 ab rounded to indices + [a][b][gray] gather -> RGBX (banded)", ms,
         f"{fidelity(rgbx_to_rgb(words))}; {delta_e(rgbx_to_rgb(words), ref)}")
@@ -469,6 +492,11 @@ def main() -> None:
         f"|diff| {abs(s1 - s2):.1e}")
     ms, _ = best_ms(lambda: metrics.psnr(rgb, colour_ref), rep)
     add("score (with a reference)", "PSNR, metrics.psnr", ms)
+    back = imageio.decode_image(written).rgb
+    add("score", "the encoded pixels vs the written file (what the read-back changes)", 0.0,
+        f"colourfulness {metrics.colorfulness(rgb):.3f} vs {metrics.colorfulness(back):.3f}; PSNR vs reference "
+        f"{metrics.psnr(rgb, colour_ref):.3f} vs {metrics.psnr(back, colour_ref):.3f} dB; SSIM "
+        f"{metrics.ssim(rgb, colour_ref):.4f} vs {metrics.ssim(back, colour_ref):.4f}")
 
     print()
     print("| step | variant | ms per MP (1 core) | x vs job today | notes |")

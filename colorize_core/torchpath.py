@@ -291,8 +291,8 @@ class Colourfulness:
         self.scale = 255.0 / (2**bits - 1)
 
     def add_words(self, words: torch.Tensor) -> None:
-        """8-bit pixels packed as int32 words, R in the low byte (RGBX, little-endian): unpacked with shifts,
-        no copy of the image (on a CPU about half the cost of :meth:`add`)."""
+        """8-bit pixels packed as int32 words, R in the low byte (RGBX, little-endian, what a table compose
+        produces): unpacked with shifts, no copy of the image."""
         words = words.reshape(-1)
         self._add(words & 255, (words >> 8) & 255, (words >> 16) & 255)
 
