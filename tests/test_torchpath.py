@@ -24,6 +24,16 @@ from tests.test_fastpath import CASES, MIN_PSNR, compact, loop_output  # noqa: F
 RNG = np.random.default_rng(7)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as in a Ray CPU task: on a loaded 2-core machine two OpenMP threads made the
+    band-sized kernels 20x slower in CPU time (spinning), which would only measure the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------- ab upsampling
 
 
@@ -140,6 +150,33 @@ def test_bands_cover_the_image_and_stay_within_the_band_size():
     assert bands[0][0] == 0 and bands[-1][1] == 1000
     assert all(b[0] == a[1] for a, b in zip(bands, bands[1:]))
     assert all((e - s) * 300 <= 3000 and shape == (e - s, 300, 3) for s, e, shape in bands)
+
+
+def _peak_rss_reset() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size (VmHWM), Linux >= 4.0
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def test_compose_holds_one_band_beside_the_source_and_output():
+    """torch's temporaries escape tracemalloc, so the process's peak RSS is measured instead."""
+    source = np.zeros((3000, 4000), np.uint8)  # 12 MP gray: 12 MB in, 36 MB out
+    ab = RNG.normal(0, 20, (2, 256, 256)).astype(np.float32)
+    torchpath.compose(source[:64], ab)  # tables and kernels loaded before the measurement
+    if not _peak_rss_reset():
+        pytest.skip("no /proc/self/clear_refs to reset the peak RSS")
+    before = _peak_rss_bytes()
+    out = torchpath.compose(source, ab)
+    grown = _peak_rss_bytes() - before
+    assert grown < out.nbytes + 24 * 1024**2, f"peak grew {grown / 2**20:.0f} MiB for a {out.nbytes / 2**20:.0f} MiB output"
 
 
 def test_gray_ab_zero_gives_the_gray_image_back():
