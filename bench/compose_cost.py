@@ -48,7 +48,7 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.throughput import cpu_description  # noqa: E402
-from colorize_core import color, imageio, metrics, torchpath  # noqa: E402
+from colorize_core import color, graytable, imageio, metrics, torchpath  # noqa: E402
 from colorize_core.models import load_model  # noqa: E402
 from colorize_core.stages import compose_image, model_input_l  # noqa: E402
 
@@ -156,13 +156,8 @@ def up_pillow_l_banded(ab, size, step: float = 1.0):
 
 
 def packed_ab(ab, step: float = 1.0) -> torch.Tensor:
-    """[1, 4, h, w] uint8 channels-last: bytes (0, b index, a index, 0) of each model pixel, so that after
-    upsampling each full-resolution pixel's 4 bytes read as one int32 word ``a << 16 | b << 8``; the gray
-    level goes into byte 0 and the word is the table index."""
-    q = torch.from_numpy(quantise_ab(ab, step))
-    x = torch.zeros((1, 4, *q.shape[1:]), dtype=torch.uint8)
-    x[0, 1], x[0, 2] = q[1], q[0]
-    return x.contiguous(memory_format=torch.channels_last)
+    """graytable's packing: bytes (0, b index, a index, 0) per model pixel, channels-last."""
+    return graytable._packed(quantise_ab(ab, step))
 
 
 def up_torch_u8_whole(ab, size):
@@ -170,7 +165,7 @@ def up_torch_u8_whole(ab, size):
     return F.interpolate(packed_ab(ab), size=size, mode="bilinear", align_corners=False)
 
 
-STRIP = 128  # columns per strip of the uint8 path: H x 128 words (5 MB for a 10,000-row scan)
+STRIP = graytable.STRIP_COLUMNS
 
 
 def u8_strips(ab, size):
@@ -261,7 +256,7 @@ def conv_table(gray, ab_q, table):
 
 
 def quantise_ab(ab, step: float = 1.0) -> np.ndarray:
-    return np.clip(np.rint(ab / step) + 128, 0, 255).astype(np.uint8)
+    return graytable._ab_indices(np.asarray(ab) / np.float32(step), 1.0)
 
 
 def delta_e(rgb: np.ndarray, ref: np.ndarray) -> str:
@@ -317,13 +312,7 @@ def compose_table(gray, ab, table_t, score: bool = False, float_ab: bool = False
             if score:
                 acc.add_words(out[s:e])
     else:
-        for c0, c1, words4 in u8_strips(ab, (height, width)):
-            words4[0, 0] = g[:, c0:c1]  # byte 0 of each word (channels-last: the pixel's first byte)
-            idx = words4.permute(0, 2, 3, 1).view(torch.int32).view(-1)
-            rgbx = torch.index_select(table_t, 0, idx).view(height, c1 - c0)
-            out[:, c0:c1] = rgbx
-            if score:
-                acc.add_words(rgbx)
+        return graytable.compose_gray8(gray, ab)
     words = out.numpy().view(np.uint32)
     return (words, acc.value()) if score else words
 
@@ -443,7 +432,8 @@ def main() -> None:
     add("whole compose", "Pillow L ab bytes + [a][b][gray] table -> RGBX (no float per pixel)", ms,
         fidelity(rgbx_to_rgb(words)))
     table_t = torch.from_numpy(tables[1.0].view(np.int32))
-    for layout, strips in (("row bands", False), ("column strips", True)):
+    graytable.table().ensure(0, 255)
+    for layout, strips in (("row bands", False), ("column strips: graytable.compose_gray8", True)):
         ms, words = best_ms(lambda: compose_table(gray, ab, table_t, strips=strips), rep)
         add("whole compose", f"torch uint8 ab words ({layout}) + gray byte + [a][b][gray] gather -> RGBX", ms,
             f"{fidelity(rgbx_to_rgb(words))}; {delta_e(rgbx_to_rgb(words), ref)}")
