@@ -39,11 +39,8 @@ def _rss_kib(pid: str, field: str = "VmRSS") -> int:
     return 0
 
 
-def descendants_rss_mib(root: int) -> float:
-    """Summed private (anonymous) RSS of every process below ``root``: the local Ray cluster that
-    ray.init started (GCS, raylet, workers) and nothing else on the machine. Shared memory (the
-    object store, bounded by --object-store-mib) is left out: every worker maps it, and its touched
-    pages grow towards that bound whatever the manifest size."""
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (children, their children, ...), read from /proc."""
     children: dict[int, list[int]] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -54,12 +51,20 @@ def descendants_rss_mib(root: int) -> float:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(pid))
-    total, todo = 0, list(children.get(root, []))
+    found, todo = [], list(children.get(root, []))
     while todo:
         pid = todo.pop()
-        total += _rss_kib(str(pid), "RssAnon")
+        found.append(pid)
         todo += children.get(pid, [])
-    return total / 1024
+    return found
+
+
+def descendants_rss_mib(root: int) -> float:
+    """Summed private (anonymous) RSS of every process below ``root``: the local Ray cluster that
+    ray.init started (GCS, raylet, workers) and nothing else on the machine. Shared memory (the
+    object store, bounded by --object-store-mib) is left out: every worker maps it, and its touched
+    pages grow towards that bound whatever the manifest size."""
+    return sum(_rss_kib(str(pid), "RssAnon") for pid in descendants(root)) / 1024
 
 
 class Sampler(threading.Thread):
