@@ -166,9 +166,9 @@ class Chromium:
                              "left", 1)
         await self.mouse("mouseReleased", *end, "left", 0)
 
-    async def screenshot(self, clip: dict[str, float] | None = None) -> bytes:
-        """PNG of the page, or of ``clip`` (a :meth:`rect`)."""
-        params: dict[str, Any] = {"format": "png"}
+    async def screenshot(self, clip: dict[str, float] | None = None, fmt: str = "png") -> bytes:
+        """PNG (or ``fmt="jpeg"``, quality 90) of the page, or of ``clip`` (a :meth:`rect`)."""
+        params: dict[str, Any] = {"format": fmt, **({"quality": 90} if fmt == "jpeg" else {})}
         if clip is not None:
             params["clip"] = {**clip, "scale": 1}
         return base64.b64decode((await self.send("Page.captureScreenshot", **params))["data"])

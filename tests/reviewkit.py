@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import dataclass
@@ -148,3 +153,33 @@ def synthetic_run(root: Path, n: int, shards: int, model: str, weights_sha256: s
                                                     "model": model, "output_format": "jpeg"}))
     (output / "_state" / "run.json").write_text(json.dumps({"model": model, "weights_sha256": weights_sha256}))
     return str(output)
+
+
+def start_review(output: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``colorize review`` in a process of its own; returns it and its URL once /api/run answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "colorize_core.cli", "review", "--output", output,
+                             "--port", str(port)], cwd=Path(__file__).resolve().parents[1], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/api/run", timeout=30) as res:
+                if res.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"colorize review did not start: {proc.stdout.read().decode()[-2000:]}")
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

@@ -7,12 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,39 +16,6 @@ from PIL import Image
 from colorize_core import storage
 from tests import jobkit, reviewkit
 from tests.cdp import Chromium
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def start_review(output: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """``colorize review`` in a process of its own; returns it and its URL once /api/run answers."""
-    port = reviewkit.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "colorize_core.cli", "review", "--output", output,
-                             "--port", str(port)], cwd=REPO, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/api/run", timeout=30) as res:
-                if res.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"colorize review did not start: {proc.stdout.read().decode()[-2000:]}")
-        time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
 
 def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
@@ -148,7 +110,7 @@ async def drive(page: Chromium, url: str, rows: list[dict]) -> dict:
 def test_review_page_in_chromium(ray_cluster, chromium, tmp_path):
     options = storage.StorageOptions.from_env()
     output, rows = reviewkit.make_run(str(tmp_path), options, reviewkit.guided_model(str(tmp_path)))
-    proc, url = start_review(output)
+    proc, url = reviewkit.start_review(output)
     try:
         async def session():
             async with Chromium(tmp_path / "profile", executable=chromium) as page:
@@ -158,7 +120,7 @@ def test_review_page_in_chromium(ray_cluster, chromium, tmp_path):
 
         got = asyncio.run(asyncio.wait_for(session(), 300))
     finally:
-        stop(proc)
+        reviewkit.stop(proc)
     psnr_order = sorted((r for r in jobkit.read_metrics(output, options).to_pylist() if r["psnr"] is not None),
                         key=lambda r: -r["psnr"])
     assert got["by_psnr"][: len(psnr_order)] == [r["image_id"] for r in psnr_order]

@@ -48,6 +48,7 @@ MAX_PAGE = 500
 AB_LIMIT = 128.0
 MAX_HINTS = 512
 REFRESH_S = 2.0
+ORDERS_KEPT = 16  # filtered, sorted orders of the current table kept for paging
 
 
 class BadRequest(ValueError):
@@ -171,6 +172,7 @@ class RunRecords:
         self._listing: dict[str, str] | None = None
         self._checked = -math.inf
         self._sources: pa.Table | None = None
+        self._orders: dict[tuple, tuple] = {}
         self._hints_lock = threading.Lock()
         self._hints: dict[str, dict[str, Any]] | None = None
 
@@ -212,14 +214,31 @@ class RunRecords:
 
     def page(self, q: ImageQuery) -> dict[str, Any]:
         """One page of rows, filtered and sorted as ``q`` says, with the total that matched and the counts of
-        the whole run by status."""
+        the whole run by status. The filtered order is kept per query (offset and limit aside), so paging
+        through a large run sorts it once."""
         table = self.metrics()
+        saved = self.saved_hints()
+        counts, matched, indices = self._ordered(table, q, saved)
+        rows = matched.take(indices[q.offset: q.offset + q.limit]).to_pylist()
+        for row in rows:
+            for k, v in row.items():
+                row[k] = _finite(v)
+            hints = saved.get(row["image_id"])
+            row["hints"] = None if hints is None else len(hints["hints"])
+        return {"total": matched.num_rows, "offset": q.offset, "limit": q.limit, "counts": counts, "rows": rows}
+
+    def _ordered(self, table: pa.Table, q: ImageQuery, saved: dict) -> tuple[dict[str, int], pa.Table, pa.Array]:
+        key = (json.dumps(q.model_dump(exclude={"offset", "limit"}), sort_keys=True),
+               tuple(sorted(saved)) if q.reviewed is not None else None)
+        with self._lock:
+            hit = self._orders.get(key)
+            if hit is not None and hit[0] is table:
+                return hit[1:]
         counts = {s: 0 for s in STATUSES}
         for item in pc.value_counts(table["status"]).to_pylist():
             if item["values"] is not None:
                 counts[item["values"]] = item["counts"]
         counts["all"] = table.num_rows
-        saved = self.saved_hints()
         mask = None
 
         def both(m):
@@ -236,18 +255,15 @@ class RunRecords:
         if q.reviewed is not None:
             member = pc.is_in(table["image_id"], value_set=pa.array(sorted(saved), pa.string()))
             mask = both(member if q.reviewed else pc.invert(member))
-        if mask is not None:
-            table = table.filter(mask)  # a null (metric missing) drops the row
+        matched = table.filter(mask) if mask is not None else table  # a null (metric missing) drops the row
         order = "ascending" if q.order == "asc" else "descending"
         keys = [(q.sort, order)] + ([("image_id", "ascending")] if q.sort != "image_id" else [])
-        indices = pc.sort_indices(table, sort_keys=keys)  # nulls last, whatever the order
-        rows = table.take(indices[q.offset: q.offset + q.limit]).to_pylist()
-        for row in rows:
-            for k, v in row.items():
-                row[k] = _finite(v)
-            hints = saved.get(row["image_id"])
-            row["hints"] = None if hints is None else len(hints["hints"])
-        return {"total": table.num_rows, "offset": q.offset, "limit": q.limit, "counts": counts, "rows": rows}
+        indices = pc.sort_indices(matched, sort_keys=keys)  # nulls last, whatever the order
+        with self._lock:
+            if len(self._orders) >= ORDERS_KEPT:
+                self._orders.pop(next(iter(self._orders)))
+            self._orders[key] = (table, counts, matched, indices)
+        return counts, matched, indices
 
     def row(self, image_id: str) -> dict[str, Any] | None:
         """The image's metrics row, or None for an id the run does not hold (the server answers 404)."""

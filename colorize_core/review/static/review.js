@@ -431,6 +431,7 @@ async function requestPreview() {
   if (state.inflight) { state.dirty = true; return; }
   state.inflight = true;
   state.dirty = false;
+  document.body.dataset.busy = "1";
   const id = state.id, t0 = performance.now();
   try {
     const res = await api(`/api/preview/${enc(id)}`, {
@@ -453,6 +454,7 @@ async function requestPreview() {
   } finally {
     state.inflight = false;
     if (state.dirty && id === state.id) requestPreview();
+    else document.body.dataset.busy = "0";
   }
 }
 
