@@ -351,6 +351,12 @@ def test_a_run_changed_on_disk_is_read_again(tmp_path):
     pq.write_table(extra, Path(output) / "metrics" / "later.parquet")
     assert records.page(records_mod.ImageQuery())["total"] == 21
     assert records.row("new/one")["colorfulness"] == 3.0
+    # Two rows for one image (an interrupted rewrite): one is shown, the later file's.
+    again = extra.set_column(extra.schema.get_field_index("colorfulness"), "colorfulness", pa.array([7.0]))
+    pq.write_table(again, Path(output) / "metrics" / "z-rewrite.parquet")
+    page = records.page(records_mod.ImageQuery(limit=500))
+    assert page["total"] == 21 and [r["image_id"] for r in page["rows"]].count("new/one") == 1
+    assert records.row("new/one")["colorfulness"] == 7.0
 
 
 def test_previews_refuse_weights_that_are_not_the_runs(tmp_path):
@@ -372,3 +378,13 @@ def test_cli_refuses_what_is_not_a_run(tmp_path, capsys):
     assert cli.main(["review", "--output", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "config.json" in err and "Traceback" not in err
+
+
+def test_wrong_credentials_are_one_line(s3_run):
+    import dataclasses
+
+    from colorize_core.errors import UserError
+
+    output, _, options = s3_run
+    with pytest.raises(UserError, match="access denied"):
+        records_mod.RunRecords(output, dataclasses.replace(options, secret="not-the-secret"))

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .. import manifest as manifest_mod
 from .. import imageio, runstate, storage
 from ..config import explain
-from ..errors import STATUSES, UserError
+from ..errors import STATUSES, TransientError, UserError
 from ..schema import HINTS_TYPE, METRICS_SCHEMA
 from ..stages import output_key
 
@@ -133,14 +133,18 @@ class RunSettings:
 
     @classmethod
     def read(cls, output: str, options) -> "RunSettings":
+        """The run's settings; UserError (one line) when ``output`` is not a run, cannot be read or reached."""
         try:
-            config = json.loads(storage.read_bytes(storage.join(output, "config.json"), options))
+            with storage.access_checked(output):
+                config = json.loads(storage.read_bytes(storage.join(output, "config.json"), options))
+                try:
+                    identity = json.loads(storage.read_bytes(runstate.state_uri(output, "run.json"), options))
+                except FileNotFoundError:
+                    identity = {}
         except FileNotFoundError:
             raise UserError(f"{output} holds no config.json: give the --output of a colorize run") from None
-        try:
-            identity = json.loads(storage.read_bytes(runstate.state_uri(output, "run.json"), options))
-        except FileNotFoundError:
-            identity = {}
+        except TransientError as exc:
+            raise UserError(f"cannot reach {storage.redact_uri(output)}: {exc}") from None
         manifest = config.get("manifest")
         return cls(output=output, manifest=manifest if isinstance(manifest, str) else None,
                    model=config.get("model") or "effnet_unet", weights=config.get("weights"),

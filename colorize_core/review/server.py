@@ -98,6 +98,10 @@ async def guard(request: web.Request, handler):
         response = _error(503, f"storage is not answering: {exc}")
     except FileNotFoundError as exc:
         response = _error(404, f"missing object: {storage.redact_uri(exc.filename) if exc.filename else exc}")
+    except PermissionError as exc:
+        response = _error(403, f"access denied: {exc}")
+    except (storage.NotRegularFileError, storage.TooLargeError) as exc:
+        response = _error(422, f"cannot be read as an image: {exc}")
     except Exception as exc:
         from ..imageio import ImageDecodeError
 
