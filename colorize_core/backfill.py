@@ -74,14 +74,6 @@ class Listing:
 # --------------------------------------------------------------------------------------------- listing
 
 
-def _version(info: dict[str, Any]) -> str:
-    etag = info.get("ETag") or info.get("etag")
-    if etag:
-        return str(etag).strip('"')
-    mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
-    return f"{info.get('size')}:{mtime}"
-
-
 def _group(key: str) -> str:
     """Keys whose ids could collide (same folder, same name up to the first dot) share this; in S3's
     lexicographic listing they are contiguous, so a group is always whole in one batch."""
@@ -139,7 +131,7 @@ def _iter_s3(fs, source: str, root: str, exts, skip_path: str | None, batch: int
             if len(out) >= batch and _group(key) != _group(out[-1][0]):
                 yield out
                 out = []
-            out.append((key, storage.S3_SCHEME + path, _version(obj)))
+            out.append((key, storage.S3_SCHEME + path, storage.version_from_info(obj)))
         token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not token:
             break

@@ -4,6 +4,7 @@
     colorize folder DIR -o OUTDIR [--model NAME[,NAME...]] [--format jpeg|png] [--compare]
     colorize run ...            (same flags as python -m jobs.colorize)
     colorize models             (the registry)
+    colorize review --output RUN [--host 127.0.0.1] [--port 8765]   (a page over a finished run)
 
 It does what single-image colorization scripts do, on the job's own path (:mod:`colorize_core.render`): decode
 any archive format, model-size L, batched forward, ab upsampled onto the original full-resolution L.
@@ -179,6 +180,13 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_review(args) -> int:
+    from .review.server import serve
+
+    serve(args.output, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="colorize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_folder)
     sp = sub.add_parser("models", help="list the model registry")
     sp.set_defaults(func=cmd_models)
+    sp = sub.add_parser("review", help="a local page over a finished run: inspect it, place colour hints")
+    sp.add_argument("--output", required=True, help="the run's --output, local or s3:// (AWS_* variables apply)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=8765)
+    sp.set_defaults(func=cmd_review)
     sub.add_parser("run", help="the Ray job (flags of python -m jobs.colorize)", add_help=False)
     return p
 

@@ -568,11 +568,8 @@ def exists(uri: str, options: StorageOptions | None = None) -> bool:
     return retrying("exists", uri, options, probe)
 
 
-def list_files(prefix_uri: str, options: StorageOptions | None = None, suffix: str | None = None) -> list[str]:
-    """Sorted URIs of every file under a directory or prefix, recursively; ``[]`` if there is none.
-
-    The prefix is a directory: ``s3://b/run`` lists ``s3://b/run/...`` and not ``s3://b/run2/...``.
-    """
+def _find_files(prefix_uri: str, options: StorageOptions | None, suffix: str | None) -> dict[str, dict]:
+    """URI -> fsspec info of every file under a directory or prefix (temporary files left out)."""
     fs, path = filesystem(prefix_uri, options)
     s3 = is_s3(prefix_uri)
 
@@ -583,7 +580,7 @@ def list_files(prefix_uri: str, options: StorageOptions | None = None, suffix: s
             return {}
 
     found = retrying("list", prefix_uri, options, find)
-    out = []
+    out = {}
     for p, info in found.items():
         # find() on an emptied S3 "directory" (SeaweedFS keeps them) answers with the directory itself.
         if info.get("type") != "file":
@@ -591,8 +588,51 @@ def list_files(prefix_uri: str, options: StorageOptions | None = None, suffix: s
         name = p.rsplit("/", 1)[-1]
         if name.startswith(_TMP_PREFIX) or (suffix is not None and not name.endswith(suffix)):
             continue
-        out.append(_to_uri(p, s3))
-    return sorted(out)
+        out[_to_uri(p, s3)] = info
+    return out
+
+
+def list_files(prefix_uri: str, options: StorageOptions | None = None, suffix: str | None = None) -> list[str]:
+    """Sorted URIs of every file under a directory or prefix, recursively; ``[]`` if there is none.
+
+    The prefix is a directory: ``s3://b/run`` lists ``s3://b/run/...`` and not ``s3://b/run2/...``.
+    """
+    return sorted(_find_files(prefix_uri, options, suffix))
+
+
+def version_from_info(info: dict[str, Any]) -> str:
+    """An object's version from a listing or ``info()`` entry: its ETag, else ``size:mtime``."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+    return f"{info.get('size')}:{mtime}"
+
+
+def version(uri: str, options: StorageOptions | None = None) -> str:
+    """What changes whenever the object's content is replaced (ETag on S3, ``size:mtime_ns`` on a local
+    disk): one HEAD or ``stat``, so caches of derived data (thumbnails) are keyed by it, not by reading it.
+    ``FileNotFoundError`` for a missing object."""
+    fs, path = filesystem(uri, options)
+    if not is_s3(uri):
+        st = os.stat(path)
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    return retrying("stat", uri, options, lambda: version_from_info(fs.info(path)))
+
+
+def list_file_versions(prefix_uri: str, options: StorageOptions | None = None,
+                       suffix: str | None = None) -> dict[str, str]:
+    """URI -> :func:`version` of every file under a prefix, sorted by URI, from one listing on S3."""
+    found = _find_files(prefix_uri, options, suffix)
+    if is_s3(prefix_uri):
+        return {u: version_from_info(found[u]) for u in sorted(found)}
+    out = {}
+    for u in sorted(found):
+        try:
+            out[u] = version(u, options)
+        except FileNotFoundError:  # removed since the listing
+            continue
+    return out
 
 
 def remove(uri: str, options: StorageOptions | None = None) -> None:
@@ -663,9 +703,12 @@ __all__ = [
     "redact_uri",
     "retrying",
     "exists",
+    "version",
+    "version_from_info",
     "filesystem",
     "is_s3",
     "join",
+    "list_file_versions",
     "list_files",
     "pyarrow_filesystem",
     "read_bytes",

@@ -313,6 +313,20 @@ def s3_prefix(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless Chromium (scripts/install_test_deps.sh installs it; tried once if it is missing)."""
+    from tests.cdp import CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        script = Path(__file__).resolve().parents[1] / "scripts" / "install_test_deps.sh"
+        res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+        if not Path(CHROMIUM).exists():
+            pytest.skip(f"{CHROMIUM} missing and scripts/install_test_deps.sh could not install it: "
+                        f"{(res.stdout + res.stderr)[-500:]}")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
 def ray_cluster(pytestconfig: pytest.Config):
     """One local Ray cluster (4 logical CPUs, small object store) shared by every integration test.
 

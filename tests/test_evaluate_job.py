@@ -29,9 +29,9 @@ from colorize_core.models.registry import get_entry
 from colorize_core.ray_adapter import plan_resources
 from colorize_core.stages import DecodeStage, EvalComposeStage, InferenceStage, ScoredModel, apply_protocol
 from tests import jobkit
+from tests.cdp import FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _checkpoint(uri: str, seed: int, size: tuple[int, int], options=None, **preprocessing) -> str:
@@ -95,22 +95,9 @@ def _summary_parquet_matches(summary: dict, table) -> None:
     assert len(table) == len(summary["metrics"]) * len(ev.SUMMARY_METRICS)
 
 
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    if not Path(CHROMIUM).exists():
-        script = REPO / "scripts" / "install_test_deps.sh"
-        res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
-        if not Path(CHROMIUM).exists():
-            pytest.skip(f"{CHROMIUM} missing and scripts/install_test_deps.sh could not install it: "
-                        f"{(res.stdout + res.stderr)[-500:]}")
-    return CHROMIUM
-
-
 def _images_loaded(chromium: str, report: Path, profile: Path) -> tuple[int, int]:
     """(loaded, total) <img> elements, as the page's own load handler counted them in headless Chromium."""
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", report.as_uri()]
+    cmd = [chromium, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", report.as_uri()]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     found = re.search(r'<body[^>]*data-images-loaded="(\d+)/(\d+)"', dom)
     assert found, f"no data-images-loaded on <body>: the page's load handler did not run\n{dom[:2000]}"

@@ -1,0 +1,1 @@
+"""``colorize review``: a local page over a finished run to inspect it and place colour hints (see server.py)."""
