@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from colorize_core import color, graytable, imageio, metrics, torchpath
-from colorize_core.stages import model_input_l
 from tests.test_fastpath import CASES, MIN_PSNR, compact, loop_output  # noqa: F401 - compact is a fixture
 
 RNG = np.random.default_rng(11)
@@ -33,13 +32,13 @@ def _delta_e(rgb, ref):
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if "2400" in n else n for n in GRAY_CASES])
 def test_within_40_db_of_the_float64_loop(compact, name):
-    module, size = compact
+    module, pre = compact
     payload = CASES[name]()
     source = imageio.decode_image(payload)
     with torch.no_grad():
-        ab = module(torch.from_numpy(model_input_l(source.rgb, size))[None, None])[0].numpy()
+        ab = module(torch.from_numpy(pre.model_l(source.rgb))[None, None])[0].numpy()
     words = graytable.compose_gray8(np.ascontiguousarray(source.rgb[..., 0]), ab)
-    loop = loop_output(payload, module, size)
+    loop = loop_output(payload, module, pre.input_size)
     assert metrics.psnr(np.ascontiguousarray(graytable.rgb_view(words)), loop) >= MIN_PSNR
 
 

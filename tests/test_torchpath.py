@@ -18,7 +18,7 @@ from skimage import color as skcolor
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from colorize_core import color, imageio, metrics, torchpath
-from colorize_core.stages import compose_image
+from colorize_core import render
 from tests.test_fastpath import CASES, MIN_PSNR, compact, loop_output  # noqa: F401 - compact is a fixture
 
 RNG = np.random.default_rng(7)
@@ -107,17 +107,15 @@ def _decoded(payload: bytes) -> np.ndarray:
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if "2400" in n or "1600" in n else n
                                   for n in CASES])
 def test_compose_within_40_db_of_the_float64_loop_and_one_code_of_the_numpy_path(compact, name):
-    module, size = compact
+    module, pre = compact
     payload = CASES[name]()
     source = _decoded(payload)
     small = imageio.decode_image(payload).rgb
-    from colorize_core.stages import model_input_l
-
     with torch.no_grad():
-        ab = module(torch.from_numpy(model_input_l(small, size))[None, None])[0].numpy()
-    loop = loop_output(payload, module, size)
+        ab = module(torch.from_numpy(pre.model_l(small))[None, None])[0].numpy()
+    loop = loop_output(payload, module, pre.input_size)
     rgb3 = source if source.ndim == 3 else np.repeat(source[..., None], 3, -1)
-    numpy_path = compose_image(rgb3, ab, is_gray=source.ndim == 2)
+    numpy_path = render.compose(rgb3, ab, pre, is_gray=source.ndim == 2)
     for encode in ("pow", "table"):
         got = torchpath.compose(source, ab, encode=encode, band_pixels=1 << 14)
         assert got.shape == loop.shape and got.dtype == np.uint8

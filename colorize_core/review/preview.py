@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import color, imageio, storage
-from ..stages import DRAFT_OVERSAMPLE, compose_image, decode_reduced, paint_hints, to_uint8
+from .. import color, imageio, render, storage
+from ..render import DRAFT_OVERSAMPLE, decode_reduced
 from .records import REVIEW, RunSettings
 
 log = logging.getLogger(__name__)
@@ -50,23 +50,17 @@ class PreviewUnavailable(RuntimeError):
 
 def colorize_with_hints(module: torch.nn.Module, info, rgb: np.ndarray, hints: list[dict[str, float]],
                         hint_radius: int, saturation: float) -> np.ndarray:
-    """THE colorization of a decoded image with a reviewer's hints: model-size L (the weights' own
-    preprocessing), hint maps painted at model size with the run's ``hint_radius``, one forward, ab composed
-    with the image's L. It uses the job's own pieces (stages.paint_hints, stages.compose_image); when
-    ``colorize_core.render`` (the one colorize path) lands, this body becomes a call to it."""
-    l_model = torch.from_numpy(info.preprocessing.model_l(rgb)[None, None])
-    with torch.inference_mode():
-        if info.accepts_hints:
-            hint_ab, hint_mask = paint_hints(hints, info.input_size, hint_radius)
-            ab = module(l_model, torch.from_numpy(hint_ab)[None], torch.from_numpy(hint_mask)[None])
-        else:
-            ab = module(l_model)
-    return compose_image(rgb, ab[0].float().numpy(), saturation)
+    """A decoded image colorized with a reviewer's hints through the one colorize path
+    (:func:`colorize_core.render.colorize`: the weights' own preprocessing, hint maps painted at model size
+    with the run's ``hint_radius``, one forward, ab composed with the image's L), so a preview shows what the
+    job would render."""
+    return render.colorize(module, [rgb], info.preprocessing, saturation=saturation,
+                           hints=[hints] if info.accepts_hints and hints else None, hint_radius=hint_radius)[0]
 
 
 def fit(rgb: np.ndarray, max_side: int) -> np.ndarray:
     """uint8 RGB with its long side at most ``max_side`` (bicubic, antialiased when shrinking)."""
-    rgb = to_uint8(rgb)
+    rgb = imageio.to_uint8(rgb)
     h, w = rgb.shape[:2]
     scale = max_side / max(h, w)
     if scale >= 1:
