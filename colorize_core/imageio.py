@@ -414,17 +414,17 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
         return _gray3(_over_white(la[..., :1], la[..., 1], 255)[..., 0]), True
     if mode == "RGB" and not im.has_transparency_data:
         rgb = np.ascontiguousarray(np.asarray(im))
-        return rgb, _channels_equal(rgb)
+        return rgb, channels_equal(rgb)
     if im.has_transparency_data or mode in ("RGBA", "RGBa", "PA", "La"):
         rgba = np.asarray(im if mode == "RGBA" else im.convert("RGBA"))
         rgb = _over_white(rgba[..., :3], rgba[..., 3], 255)
-        return rgb, mode in _GRAY_MODES or _channels_equal(rgb)
+        return rgb, mode in _GRAY_MODES or channels_equal(rgb)
     try:  # P, CMYK, YCbCr, RGBX, LAB, HSV, ...
         converted = im.convert("RGB")
     except (ValueError, OSError):
         raise ImageDecodeError(f"unsupported image mode {mode!r}") from None
     rgb = np.ascontiguousarray(np.asarray(converted))
-    return rgb, _channels_equal(rgb)
+    return rgb, channels_equal(rgb)
 
 
 def _decode_rgb16(data: bytes, im: Image.Image, max_pixels: int) -> DecodedImage:
@@ -517,7 +517,7 @@ def _finish16(arr: np.ndarray, orientation: int, fmt: str, *, premultiplied: boo
     else:
         mode, rgb = "RGB;16", arr[..., :3]
     rgb = np.ascontiguousarray(_orient(rgb, orientation))
-    managed = icc_mod.apply_profile(rgb, _channels_equal(rgb), profile, gray_source=False)
+    managed = icc_mod.apply_profile(rgb, channels_equal(rgb), profile, gray_source=False)
     return DecodedImage(rgb=managed.rgb, source_mode=mode, source_format=fmt, is_gray=managed.is_gray,
                         bit_depth=16, colour=managed.note)
 
@@ -589,7 +589,7 @@ def _over_white(color: np.ndarray, alpha: np.ndarray, maxval: int) -> np.ndarray
     return np.ascontiguousarray(out.astype(out_dtype))
 
 
-def _channels_equal(rgb: np.ndarray) -> bool:
+def channels_equal(rgb: np.ndarray) -> bool:
     """True if R == G == B everywhere; a strided sample rejects colour images early."""
     step = max(1, rgb.shape[0] // 32)
     sample = rgb[::step]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import color, imageio
+from . import color, icc, imageio
 from .errors import InputError
 from .hints import paint_hints
 from .models.preprocess import Preprocessing
@@ -60,8 +60,10 @@ def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple
     """(pixels at no less than ``DRAFT_OVERSAMPLE`` x ``size``, the image's full (H, W) as displayed).
 
     8-bit gray and RGB JPEGs (the archive's bulk) are decoded at a reduced DCT scale (Pillow's draft mode):
-    a fraction of a full decode. Anything else, and any JPEG the fast path does not take, goes through
-    :func:`imageio.decode_image` at full size with its guards and its reasons for bad files."""
+    a fraction of a full decode, with the embedded ICC profile applied as :func:`imageio.decode_image` applies
+    it (:func:`colorize_core.icc.apply_profile`), so the model sees the L the compose keeps. Anything else, and
+    any JPEG the fast path does not take, goes through :func:`imageio.decode_image` at full size with its
+    guards and its reasons for bad files."""
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
             if im.format == "JPEG" and im.mode in ("L", "RGB") and im.width * im.height <= max_pixels:
@@ -79,6 +81,11 @@ def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple
                     pass
                 arr = np.asarray(im.convert("RGB"))
                 if arr.ndim == 3 and arr.shape[2] == 3:
+                    profile = im.info.get("icc_profile")
+                    if profile:
+                        gray_source = im.mode == "L"
+                        is_gray = gray_source or imageio.channels_equal(arr)
+                        arr = icc.apply_profile(arr, is_gray, profile, gray_source=gray_source).rgb
                     return arr, full
     except Exception:  # noqa: BLE001 - the full decode below gives the row its reason
         pass
