@@ -14,6 +14,7 @@ Output layout under --output:
     _state/run.json                  settings a resumed run must share (weights by content hash)
     _state/completions/<shard>__<rows>.done
     config.json, summary.json
+    rerenders/<time>/config.json, summary.json   another manifest run into this output (see run())
 """
 
 from __future__ import annotations
