@@ -153,3 +153,38 @@ def exercise_rerender(output: str, rows: list[dict], options, model: str, storag
         final = _by_id(output, options)
         assert set(final) == set(before_rows) and _image(output, REVIEWED[0], options) != first
         assert all(final[i] == before_rows[i] for i in before_rows if i not in REVIEWED)
+
+
+def test_the_newest_row_is_current_until_the_older_is_dropped(tmp_path):
+    """The rule every reader shares (runstate.current_rows over metrics_listing, oldest write first) and the
+    clean-up a re-render runs (drop_superseded: only rows older than the run's own go), on files built here."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from colorize_core import runstate
+    from colorize_core.review.records import ImageQuery, RunRecords
+    from colorize_core.schema import METRICS_SCHEMA
+
+    output = reviewkit.synthetic_run(tmp_path, 4, 1, jobkit.tiny_checkpoint(str(tmp_path / "ckpt")))
+    original = f"{output}/metrics/m-0000000.parquet"
+    ids = pq.read_table(original)["image_id"].to_pylist()
+    newer = pq.read_table(original).slice(1, 1)
+    newer = newer.set_column(newer.schema.get_field_index("colorfulness"), "colorfulness",
+                             pa.array([99.0], pa.float64()))
+    pq.write_table(newer.cast(METRICS_SCHEMA), f"{output}/metrics/hints-0000000.parquet")  # 'h' sorts first
+    t = time.time()
+    os.utime(original, (t - 60, t - 60))
+    os.utime(f"{output}/metrics/hints-0000000.parquet", (t, t))
+    options = storage.StorageOptions.from_env()
+    assert [runstate.shard_of(u) for u in runstate.metrics_listing(output, options)] == ["m-0000000", "hints-0000000"]
+    records = RunRecords(output, options)
+    assert records.page(ImageQuery())["total"] == 4
+    assert records.row(ids[1])["colorfulness"] == 99.0, "the newer file's row is the current one"
+    # A rerun of the original manifest drops nothing: its file is the older one.
+    assert runstate.drop_superseded(output, options, {"m-0000000"}, written=set()) == 0
+    # The re-render's clean-up (even resumed after a crash: nothing written now) drops the older row.
+    assert runstate.drop_superseded(output, options, {"hints-0000000"}, written=set()) == 1
+    assert pq.read_table(original)["image_id"].to_pylist() == [i for i in ids if i != ids[1]]
+    assert runstate.drop_superseded(output, options, {"hints-0000000"}, written=set()) == 0, "idempotent"
