@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import time
 
 import numpy as np
@@ -31,11 +32,14 @@ def reviewed_run(ray_cluster, tmp_path):
     return output, rows, options, model
 
 
-def _rerender(output: str, model: str, options, storage_config: dict | None) -> dict:
-    """The one command of the README (local: through the job's own command line), then its summary."""
+def _rerender(output: str, command: str, model: str, options, storage_config: dict | None) -> dict:
+    """The command the page gave on save (local: run as it is, through the job's own command line; on S3 the
+    storage settings come from a config instead of the environment), then the re-render's summary."""
     hints = storage.join(output, "review", "hints.parquet")
+    words = shlex.split(command)
+    assert words[:7] == ["python", "-m", "jobs.colorize", "--manifest", hints, "--output", output], command
     if storage_config is None:
-        assert job.main(["--manifest", hints, "--output", output, "--model", model, "--quiet"]) == job.EXIT_OK
+        assert job.main([*words[3:], "--quiet"]) == job.EXIT_OK
         latest = storage.list_files(storage.join(output, "rerenders"), options, suffix="summary.json")[-1]
         return json.loads(storage.read_bytes(latest, options))
     cfg = ColorizeConfig(manifest=hints, output=output, model=model, storage=storage_config)
@@ -91,10 +95,14 @@ def exercise_rerender(output: str, rows: list[dict], options, model: str, storag
         base = srv.url
         thumb = {i: call(base, f"/api/image/{quoted(i)}/output?max=48")[1]["ETag"] for i in REVIEWED}
         for image_id, hints in zip(REVIEWED, ([HINT], [HINT, OTHER_HINT])):
-            assert call(base, f"/api/hints/{quoted(image_id)}", body={"hints": hints})[0] == 200
+            status, _, body = call(base, f"/api/hints/{quoted(image_id)}", body={"hints": hints})
+            assert status == 200
+        command = json.loads(body)["rerender"]
+        assert json.loads(call(base, "/api/run")[2])["rerender_command"] == command
+        assert "--model" in command and "#" not in command, command  # the run's own model, nothing else to add
         preview = call(base, f"/api/preview/{quoted(REVIEWED[0])}", body={"hints": [HINT]})[2]
 
-        summary = _rerender(output, model, options, storage_config)
+        summary = _rerender(output, command, model, options, storage_config)
         assert summary["counts"]["total"] == 2 and summary["counts"]["ok"] == 2, summary
         assert summary["superseded"] == {"rendered_again": 2, "rows_dropped": 2}, summary
 
@@ -139,7 +147,7 @@ def exercise_rerender(output: str, rows: list[dict], options, model: str, storag
         assert json.loads(call(base, "/api/images")[2])["total"] == len(rows)
 
         # The same hints again: nothing to do.
-        again = _rerender(output, model, options, storage_config)
+        again = _rerender(output, command, model, options, storage_config)
         assert again["counts"]["skipped"] == 2 and again["counts"]["ok"] == 0, again
         assert _files(output, options) == after_files and _by_id(output, options) == after_rows
 
@@ -148,7 +156,7 @@ def exercise_rerender(output: str, rows: list[dict], options, model: str, storag
         # Hints saved again (one image changed): the manifest is new work, both rows are rendered again from it.
         first = _image(output, REVIEWED[0], options)
         assert call(base, f"/api/hints/{quoted(REVIEWED[0])}", body={"hints": [OTHER_HINT]})[0] == 200
-        third = _rerender(output, model, options, storage_config)
+        third = _rerender(output, command, model, options, storage_config)
         assert third["counts"]["ok"] == 2 and third["superseded"] == {"rendered_again": 2, "rows_dropped": 2}, third
         final = _by_id(output, options)
         assert set(final) == set(before_rows) and _image(output, REVIEWED[0], options) != first

@@ -337,6 +337,36 @@ class RunRecords:
     def hints_uri(self) -> str:
         return storage.join(self.output, REVIEW, HINTS_FILE)
 
+    def rerender_command(self) -> str:
+        """The colorize command that renders the saved hints into this run with its settings (the run's
+        identity: a flag for each setting not at its default; ``hint_radius`` and signing have no plain flag,
+        so a run that set them names its ``--config``)."""
+        import shlex
+
+        from ..config import ColorizeConfig
+        from ..models.registry import DEFAULT_MODEL
+
+        try:
+            config = json.loads(storage.read_bytes(storage.join(self.output, "config.json"), self.options))
+        except (FileNotFoundError, ValueError, TransientError):
+            config = {}
+        defaults = ColorizeConfig.model_fields
+        words = ["python", "-m", "jobs.colorize", "--manifest", storage.redact_uri(self.hints_uri), "--output",
+                 storage.redact_uri(self.output)]
+        if self.settings.model != DEFAULT_MODEL:
+            words += ["--model", storage.redact_uri(self.settings.model)]
+        for key in ("weights", "temperature", "output_format", "output_depth", "quality", "saturation", "shard_rows"):
+            value = config.get(key)
+            if value is not None and value != defaults[key].default:
+                words += [f"--{key.replace('_', '-')}", storage.redact_uri(str(value))]
+        if config.get("visible_label"):
+            words.append("--visible-label")
+        command = shlex.join(words)
+        signed = (config.get("provenance") or {}).get("cert")
+        if self.settings.hint_radius != defaults["hint_radius"].default or signed:
+            command += "  # with the run's hint_radius and signing settings: --config <the run's YAML>"
+        return command
+
     def saved_hints(self) -> dict[str, dict[str, Any]]:
         """image_id -> saved manifest row (``image_id, uri, hints[, reference_uri]``)."""
         with self._hints_lock:
