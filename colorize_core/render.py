@@ -61,7 +61,8 @@ _CUBIC_A = -0.75
 
 
 def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(pixels at no less than ``DRAFT_OVERSAMPLE`` x ``size``, the image's full (H, W) as displayed).
+    """(pixels at no less than ``DRAFT_OVERSAMPLE`` x ``size``, the image's full (H, W) as displayed); gray
+    sources one channel ``[h, w]``, as :attr:`imageio.DecodedImage.pixels`.
 
     8-bit gray and RGB JPEGs (the archive's bulk) are decoded at a reduced DCT scale (Pillow's draft mode):
     a fraction of a full decode. Anything else, and any JPEG the fast path does not take, goes through
@@ -81,13 +82,13 @@ def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple
                     ImageOps.exif_transpose(im, in_place=True)
                 except Exception:  # noqa: BLE001 - as imageio.decode_image: bad EXIF must not cost pixels
                     pass
-                arr = np.asarray(im.convert("RGB"))
-                if arr.ndim == 3 and arr.shape[2] == 3:
+                arr = np.asarray(im)
+                if arr.shape[:2] and (arr.ndim == 2 or arr.shape[2] == 3):
                     return arr, full
     except Exception:  # noqa: BLE001 - the full decode below gives the row its reason
         pass
-    rgb = imageio.decode_image(data, max_pixels=max_pixels).rgb
-    return rgb, (rgb.shape[0], rgb.shape[1])
+    pixels = imageio.decode_image(data, max_pixels=max_pixels).pixels
+    return pixels, (pixels.shape[0], pixels.shape[1])
 
 
 def hint_maps(hints: Any, pre: Preprocessing, radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -242,7 +243,7 @@ def colorize(module: torch.nn.Module, images: Sequence[np.ndarray | imageio.Deco
     out: list[np.ndarray] = []
     for s in range(0, len(images), batch_size):
         chunk = images[s: s + batch_size]
-        rgbs = [im.rgb if isinstance(im, imageio.DecodedImage) else im for im in chunk]
+        rgbs = [im.pixels if isinstance(im, imageio.DecodedImage) else im for im in chunk]
         grays = [im.is_gray if isinstance(im, imageio.DecodedImage) else False for im in chunk]
         l = np.stack([pre.model_l(rgb) for rgb in rgbs])[:, None]
         chunk_hints = list(hints[s: s + batch_size]) if hints is not None else []

@@ -220,7 +220,7 @@ class DecodeStage:
         except (imageio.ImageDecodeError, storage.NotRegularFileError, storage.TooLargeError) as exc:
             log.warning("redoing %s: the existing output does not decode (%s)", key, short_error(exc))
             return False
-        if existing.rgb.shape[:2] != tuple(geometry):
+        if existing.pixels.shape[:2] != tuple(geometry):
             log.warning("redoing %s: the existing output is %dx%d, the source %dx%d", key, existing.width,
                         existing.height, geometry[1], geometry[0])
             return False
@@ -455,7 +455,7 @@ class ComposeStage:
         if row["reuse"]:
             result = self._existing(key)
         else:
-            rgb = render.compose(source.rgb, row["ab"], self.preprocessing, saturation=self.saturation,
+            rgb = render.compose(source.pixels, row["ab"], self.preprocessing, saturation=self.saturation,
                                  is_gray=source.is_gray)
             result = write_and_read_back(rgb, key, self.output_format, self.quality, self.options,
                                          self.max_pixels, self.output)

@@ -89,3 +89,10 @@ def test_refuses_anything_but_8_bit_gray():
         graytable.compose_gray8(np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2, 2), np.float32))
     with pytest.raises(ValueError, match="8-bit gray"):
         graytable.compose_gray8(np.zeros((4, 4), np.uint16), np.zeros((2, 2, 2), np.float32))
+
+
+def test_a_constant_ab_of_one_pixel_is_the_gray_baseline():
+    """ab [2, 1, 1] (render.gray's): torch gives a 1x1 input's upsampling back in NCHW, not channels-last."""
+    gray = np.random.default_rng(3).integers(0, 256, (37, 300), dtype=np.uint8)
+    rgb = graytable.rgb_view(graytable.compose_gray8(gray, np.zeros((2, 1, 1), np.float32)))
+    np.testing.assert_array_equal(rgb, np.repeat(gray[..., None], 3, axis=2))
