@@ -281,12 +281,16 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpeg", *, quality: int = 95) -> by
         raise ValueError(f"encode_image got an empty image {list(rgb.shape)}")
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be an int in [1, 100], got {quality!r}")
-    rgb = np.ascontiguousarray(rgb)
-    if fmt_key == "tiff":
-        return _encode_tiff(rgb)
-    if rgb.dtype == np.uint16:
-        return _encode_png16(rgb)
-    im = Image.fromarray(rgb)
+    words = _rgbx_words(rgb)
+    if words is not None and fmt_key == "jpeg":
+        im = Image.frombuffer("RGBX", (rgb.shape[1], rgb.shape[0]), words, "raw", "RGBX", 0, 1)
+    else:
+        rgb = np.ascontiguousarray(rgb)
+        if fmt_key == "tiff":
+            return _encode_tiff(rgb)
+        if rgb.dtype == np.uint16:
+            return _encode_png16(rgb)
+        im = Image.fromarray(rgb)
     buf = io.BytesIO()
     if fmt_key == "jpeg":
         im.save(buf, "JPEG", quality=quality, subsampling=0)
@@ -295,6 +299,17 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpeg", *, quality: int = 95) -> by
     else:
         im.save(buf, "WEBP", quality=quality, lossless=quality == 100)
     return buf.getvalue()
+
+
+def _rgbx_words(rgb: np.ndarray) -> np.ndarray | None:
+    """The contiguous RGBX words under an ``[H, W, 3]`` uint8 view of them (:func:`graytable.rgb_view`, or
+    ``rgba[..., :3]``), so the JPEG encoder reads them without the copy to ``[H, W, 3]``; else None."""
+    base = rgb.base
+    if (rgb.dtype != np.uint8 or rgb.strides != (4 * rgb.shape[1], 4, 1) or not isinstance(base, np.ndarray)
+            or base.nbytes != 4 * rgb.shape[0] * rgb.shape[1] or not base.flags.c_contiguous
+            or base.__array_interface__["data"][0] != rgb.__array_interface__["data"][0]):
+        return None
+    return base
 
 
 def _encode_tiff(rgb: np.ndarray) -> bytes:
