@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.memory import Sampler  # noqa: E402
 from colorize_core import imageio, metrics, render, storage  # noqa: E402
 from colorize_core.models import create_model, load_model  # noqa: E402
-from colorize_core.stages import InferenceStage, cpu_supports_bf16, write_and_read_back  # noqa: E402
+from colorize_core import archival  # noqa: E402
+from colorize_core.stages import InferenceStage, cpu_supports_bf16  # noqa: E402
 
 SIZE_CLASSES_MP = (0.25, 0.75, 1.5, 2.25, 3.75)  # mean 1.7 MP
 
@@ -173,8 +174,10 @@ def stage_costs(paths, module, pre, out: Path) -> dict[str, float]:
         t3 = time.process_time()
         rgb = render.compose(source.rgb, ab, pre, is_gray=source.is_gray)
         t4 = time.process_time()
-        result = write_and_read_back(rgb, str(out / p.name), "jpeg", 95, options, imageio.DEFAULT_MAX_PIXELS,
-                                     str(out))
+        record = archival.derivation(p.name, data_bytes, type(module).__name__, None, source.source_format)
+        finished = archival.write_output(rgb, str(out / p.name), archival.OutputSettings("jpeg"), record,
+                                         source=data_bytes, options=options, root=str(out))
+        result = imageio.decode_image(finished.data).rgb if not source.is_gray else rgb
         t5 = time.process_time()
         metrics.compute_metrics(result, None)
         t6 = time.process_time()

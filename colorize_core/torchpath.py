@@ -165,7 +165,7 @@ class AbUpsampler:
 
 
 @functools.cache
-def _gray_l_table(bits: int) -> np.ndarray:
+def gray_l_table(bits: int) -> np.ndarray:
     """L* of every gray level of a ``bits``-bit channel (R = G = B), as :func:`color.srgb_to_l` gives it."""
     if bits == 8:
         return color.gray_l_lut()
@@ -176,7 +176,7 @@ def _gray_l_table(bits: int) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _table_on(name: str, bits: int, device: str) -> torch.Tensor:
     if name == "gray_l":
-        table = _gray_l_table(bits)
+        table = gray_l_table(bits)
     elif name == "decode":
         table = color._decode_lut(bits)
     else:  # "encode8": linear light at 16-bit steps -> uint8 code

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from colorize_core import metrics, storage
+from colorize_core import imageio, metrics, render, storage
 from colorize_core.models.preprocess import Preprocessing
 from colorize_core.stages import (
     ComposeStage,
@@ -100,7 +100,7 @@ def test_inference_stage_fp32_and_precision_guard(tmp_path):
         strict.setup()
 
 
-def test_compose_stage_scores_the_written_file(inputs):
+def test_compose_stage_scores_the_written_file_where_a_reference_needs_it(inputs):
     batch, tmp_path = inputs
     opts = storage.StorageOptions()
     pre = Preprocessing((32, 32))
@@ -116,6 +116,12 @@ def test_compose_stage_scores_the_written_file(inputs):
     assert rows["metrics_against"][0] == "input" and rows["metrics_against"][1] is None
     assert np.isnan(rows["psnr"][1]) and rows["colorfulness"][1] > 0
     assert np.isnan(rows["psnr"][2]) and rows["width"][2] == -1
+    # A gray source has no reference: its colourfulness is of the pixels encoded, not of the file decoded again.
+    gray = imageio.decode_image(storage.read_bytes(batch["uri"][1], opts)).pixels
+    encoded = render.compose(gray, decoded["ab"][1], pre)
+    assert rows["colorfulness"][1] == pytest.approx(metrics.colorfulness(encoded), abs=1e-12)
+    assert rows["colorfulness"][1] != pytest.approx(metrics.colorfulness(
+        jobkit.decode(output_key(str(tmp_path / "out"), "g_png", "jpeg"))), abs=1e-9)
 
 
 def test_stages_pickle_round_trip(tmp_path):
