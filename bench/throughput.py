@@ -45,7 +45,7 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.memory import Sampler  # noqa: E402
-from colorize_core import imageio, metrics, render, storage  # noqa: E402
+from colorize_core import archival, imageio, metrics, render, storage  # noqa: E402
 from colorize_core.models import create_model, load_model  # noqa: E402
 from colorize_core.stages import InferenceStage, cpu_supports_bf16, write_and_read_back  # noqa: E402
 
@@ -173,8 +173,10 @@ def stage_costs(paths, module, pre, out: Path) -> dict[str, float]:
         t3 = time.process_time()
         rgb = render.compose(source.rgb, ab, pre, is_gray=source.is_gray)
         t4 = time.process_time()
-        result = write_and_read_back(rgb, str(out / p.name), "jpeg", 95, options, imageio.DEFAULT_MAX_PIXELS,
-                                     str(out))
+        record = archival.derivation(str(p), data_bytes, "bench", None, source.source_format)
+        result, _ = write_and_read_back(rgb, str(out / p.name), archival.OutputSettings("jpeg"), record,
+                                        source=data_bytes, source_format=source.source_format, colour=source.colour,
+                                        options=options, max_pixels=imageio.DEFAULT_MAX_PIXELS, root=str(out))
         t5 = time.process_time()
         metrics.compute_metrics(result, None)
         t6 = time.process_time()
