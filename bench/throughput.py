@@ -45,9 +45,8 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.memory import Sampler  # noqa: E402
-from colorize_core import imageio, metrics, render, storage  # noqa: E402
+from colorize_core import archival, imageio, metrics, render, storage  # noqa: E402
 from colorize_core.models import create_model, load_model  # noqa: E402
-from colorize_core import archival  # noqa: E402
 from colorize_core.stages import InferenceStage, cpu_supports_bf16  # noqa: E402
 
 SIZE_CLASSES_MP = (0.25, 0.75, 1.5, 2.25, 3.75)  # mean 1.7 MP
