@@ -171,7 +171,8 @@ def _gray8(source: np.ndarray, is_gray: bool) -> np.ndarray | None:
 
 
 def compose(source: np.ndarray, ab_model: np.ndarray, pre: Preprocessing, *, saturation: float = 1.0,
-            is_gray: bool = False, depth: int = 8) -> np.ndarray:
+            is_gray: bool = False, depth: int = 8, device: str | None = None,
+            scores: torchpath.Colourfulness | None = None) -> np.ndarray:
     """The decoded source (gray ``[H,W]`` or RGB ``[H,W,3]``, uint8 or uint16) + model-size ab [2,h,w] -> sRGB
     [H,W,3] at ``depth`` bits (uint8 or uint16).
 
@@ -184,7 +185,12 @@ def compose(source: np.ndarray, ab_model: np.ndarray, pre: Preprocessing, *, sat
     table gather per pixel, no float per pixel; the result is then the ``[H,W,3]`` view of RGBX words
     (:func:`graytable.rgb_view`), which :func:`imageio.encode_image` encodes without a copy. Everything else
     goes in one float32 pass over bands of rows (separable upsampling: across once at model height, then down
-    per band, the same weights as torch's)."""
+    per band, the same weights as torch's).
+
+    ``device`` (a GPU actor's, or ``"cpu"``) does the whole full-resolution pass in torch there instead
+    (:func:`torchpath.compose`: the same upsampling, color.py's Lab -> sRGB with the sRGB curve by pow, ~98 dB
+    of the float64 reference), in large bands; ``scores`` (a :class:`torchpath.Colourfulness`) then sees each
+    band on the device. Only the finished image comes back to the host."""
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {DEPTHS}, got {depth!r}")
     if not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] == 3)):
@@ -192,6 +198,13 @@ def compose(source: np.ndarray, ab_model: np.ndarray, pre: Preprocessing, *, sat
     ab_model = np.asarray(ab_model)
     if ab_model.ndim != 3 or ab_model.shape[0] != 2:
         raise ValueError(f"compose expects ab as [2,h,w], got shape {ab_model.shape}")
+    if device is not None:
+        gray_plane = source[..., 0] if source.ndim == 3 and is_gray else source  # one channel to the device
+        band = torchpath.DEVICE_BAND_PIXELS if torch.device(device).type == "cuda" else torchpath.DEFAULT_BAND_PIXELS
+        return torchpath.compose(np.ascontiguousarray(gray_plane), ab_model, mode=pre.ab_upsample, bits=depth,
+                                 saturation=saturation, device=device, band_pixels=band, scores=scores)
+    if scores is not None:
+        raise ValueError("scores are accumulated on a device: pass device")
     plane = _gray8(source, is_gray)
     if plane is not None and depth == 8:
         return graytable.rgb_view(graytable.compose_gray8(plane, ab_model, mode=pre.ab_upsample,

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import errors, imageio, metrics, render, storage
+from . import errors, imageio, metrics, render, storage, torchpath
 from .errors import InputError, OutputError
 from .hints import sample_hints
 from .manifest import Shard, read_shard
@@ -207,6 +207,8 @@ class DecodeStage:
     # Evaluation: instead of a manifest's hints, this many sampled from each decoded original (hints.sample_hints).
     sample_hints: int = 0
     hint_seed: int = 0
+    # The fetched bytes kept in a 'source' column, for a compose in the same process (fused layout): one GET.
+    keep_source: bool = False
 
     def setup(self) -> None:
         pass
@@ -244,11 +246,13 @@ class DecodeStage:
         hint_ab = np.zeros((n, 2, h, w), np.float32) if self.accepts_hints else None
         hint_mask = np.zeros((n, 1, h, w), np.float32) if self.accepts_hints else None
         status, error, reuse, seconds = [], [], np.zeros(n, bool), np.zeros(n, np.float64)
+        sources: list[bytes | None] = [None] * n
         for i in range(n):
             t0 = time.perf_counter()
             image_id, uri = batch["image_id"][i], batch["uri"][i]
             try:
                 data = read_input(uri, self.options)
+                sources[i] = data if self.keep_source else None
                 if self.protocol == "full":
                     rgb, geometry = render.decode_reduced(data, largest, self.max_pixels)
                 else:
@@ -278,6 +282,8 @@ class DecodeStage:
                    seconds=seconds)
         if self.accepts_hints:
             out.update(hint_ab=hint_ab, hint_mask=hint_mask)
+        if self.keep_source:
+            out["source"] = _obj_column(sources)
         return out
 
 
@@ -448,6 +454,8 @@ class ComposeStage:
     saturation: float = 1.0
     model_name: str = ""
     max_pixels: int = imageio.DEFAULT_MAX_PIXELS
+    # The full-resolution work (compose and scores) in torch on this device (a GPU actor's), else numpy/skimage.
+    device: str | None = None
 
     def setup(self) -> None:
         pass
@@ -467,15 +475,18 @@ class ComposeStage:
         source = imageio.decode_image(data, max_pixels=self.max_pixels)
         key = output_key(self.output, image_id, self.output_format)
         ref_uri = _text(row.get("reference_uri"))
+        colourful = None  # accumulated on the device during the compose
         if row["reuse"]:
             result = self._existing(key)
         else:
+            acc = torchpath.Colourfulness() if self.device else None
             rgb = render.compose(source.pixels, row["ab"], self.preprocessing, saturation=self.saturation,
-                                 is_gray=source.is_gray)
+                                 is_gray=source.is_gray, device=self.device, scores=acc)
             written = write_result(rgb, key, self.output_format, self.quality, self.options, self.output)
             # Scored from the pixels being encoded, unless a reference needs the delivered file itself.
             has_reference = bool(ref_uri) or not source.is_gray
             result = imageio.decode_image(written, max_pixels=self.max_pixels).rgb if has_reference else rgb
+            colourful = None if has_reference or acc is None else acc.value()
         against = None
         reference = None
         if ref_uri:
@@ -487,7 +498,8 @@ class ComposeStage:
                                  f"input is {result.shape[1]}x{result.shape[0]}")
         elif not source.is_gray:
             reference, against = imageio.to_uint8(source.rgb), "input"
-        m = metrics.compute_metrics(result, reference)
+        m = metrics.compute_metrics(result, reference) if self.device is None else \
+            torchpath.compute_metrics(result, reference, self.device, colourful)
         return {**m, "width": source.width, "height": source.height, "metrics_against": against}
 
     def __call__(self, batch: Batch) -> Batch:
