@@ -48,9 +48,9 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.throughput import cpu_description  # noqa: E402
-from colorize_core import color, graytable, imageio, metrics, torchpath  # noqa: E402
+from colorize_core import color, graytable, imageio, metrics, render, torchpath  # noqa: E402
+from colorize_core.models.preprocess import Preprocessing  # noqa: E402
 from colorize_core.models import load_model  # noqa: E402
-from colorize_core.stages import compose_image, model_input_l  # noqa: E402
 
 BAND = 1 << 16  # pixels per band, as the job's compose
 
@@ -82,7 +82,7 @@ def make_input(size: tuple[int, int]) -> tuple[np.ndarray, bytes, np.ndarray]:
     Image.fromarray(gray).save(buf, "JPEG", quality=85)
     module, info = load_model("compact")
     with torch.no_grad():
-        l_model = model_input_l(np.repeat(gray[..., None], 3, -1), info.input_size)
+        l_model = info.preprocessing.model_l(gray)
         ab = module.eval()(torch.from_numpy(l_model)[None, None])[0].numpy()
     return gray, buf.getvalue(), ab
 
@@ -109,17 +109,15 @@ def up_torch_banded(ab, size, mode="bilinear"):
 
 
 def up_job_today(ab, size):
-    """stages._compose_rows's upsampling: across by interpolate once, down by index_select + lerp per band."""
-    from colorize_core.stages import _bilinear_weights
-
+    """render.compose's float upsampling: across by interpolate once, down by index_select + weights per band."""
     height, width = size
     t = torch.from_numpy(np.array(ab, np.float32))
     ab_x = F.interpolate(t[None], size=(t.shape[-2], width), mode="bilinear", align_corners=False)[0]
-    y0, y1, wy = (torch.from_numpy(v) for v in _bilinear_weights(height, t.shape[-2]))
+    idx, w = (torch.from_numpy(v) for v in render.axis_weights(height, t.shape[-2], "bilinear"))
     out = np.empty((2, *size), np.float32)
     for s, e in bands(*size):
-        out[:, s:e] = torch.lerp(ab_x.index_select(1, y0[s:e]), ab_x.index_select(1, y1[s:e]),
-                                 wy[None, s:e, None]).numpy()
+        band = ab_x.index_select(1, idx[s:e, 0]) * w[None, s:e, 0, None]
+        out[:, s:e] = band.addcmul_(ab_x.index_select(1, idx[s:e, 1]), w[None, s:e, 1, None]).numpy()
     return out
 
 
@@ -419,9 +417,12 @@ def main() -> None:
 
     # whole compose
     gray3 = np.repeat(gray[..., None], 3, -1)
-    ms_today, today = best_ms(lambda: compose_image(gray3, ab, is_gray=True), rep)
-    add("whole compose", "job today (stages.compose_image, gray as [H,W,3])", ms_today,
+    pre = Preprocessing(ab.shape[-2:])
+    ms_today, today = best_ms(lambda: render.compose(gray3, ab, pre), rep)
+    add("whole compose", "render's float32 path (phase 1's job: gray as [H,W,3])", ms_today,
         f"{fidelity(today)}; {delta_e(today, ref)}")
+    ms, out = best_ms(lambda: render.compose(gray, ab, pre), rep)
+    add("whole compose", "render.compose today (gray [H,W]: graytable)", ms, f"{fidelity(out)}; {delta_e(out, ref)}")
     for name, fn in [
         ("torchpath.compose, pow, gray [H,W]", lambda: torchpath.compose(gray, ab)),
         ("torchpath.compose, encode table, gray [H,W]", lambda: torchpath.compose(gray, ab, encode="table")),
