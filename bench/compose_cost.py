@@ -326,6 +326,42 @@ def colourfulness_words(rgb: np.ndarray) -> float:
     return acc.value()
 
 
+# --------------------------------------------------------------------------- phase 2: each choice, before/after
+
+
+def choices(gray: np.ndarray, jpeg: bytes, ab: np.ndarray, rep: int) -> None:
+    """The job's path before (phase 1: gray as [H,W,3], the float32 compose, an encode from a contiguous copy,
+    the written file decoded again to score) and after, step by step, in one run: ms per MP and the ratio."""
+    mp = gray.size / 1e6
+    pre = Preprocessing(ab.shape[-2:])
+    gray3 = np.repeat(gray[..., None], 3, -1)
+
+    def float_compose():  # phase 1's: the float32 path, gray L by table from channel 0
+        render.GRAY_TABLE = False
+        try:
+            return render.compose(gray3, ab, pre, is_gray=True)
+        finally:
+            render.GRAY_TABLE = True
+
+    before_rgb, after_rgb = float_compose(), render.compose(gray, ab, pre)
+    written = imageio.encode_image(after_rgb)
+    steps = [
+        ("decode gray JPEG", lambda: imageio.decode_image(jpeg).rgb, lambda: imageio.decode_image(jpeg).pixels),
+        ("compose", float_compose, lambda: render.compose(gray, ab, pre)),
+        ("encode JPEG q95 4:4:4", lambda: imageio.encode_image(before_rgb),
+         lambda: imageio.encode_image(after_rgb)),
+        ("score without a reference", lambda: metrics.colorfulness(imageio.decode_image(written).rgb),
+         lambda: metrics.colorfulness(after_rgb)),
+    ]
+    print("| step | before ms/MP | after ms/MP | after / before |\n|---|---|---|---|")
+    totals = [0.0, 0.0]
+    for name, before, after in steps:
+        ms = [best_ms(before, rep)[0] / mp, best_ms(after, rep)[0] / mp]
+        totals = [t + m for t, m in zip(totals, ms)]
+        print(f"| {name} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[1] / ms[0]:.2f} |", flush=True)
+    print(f"| all four | {totals[0]:.1f} | {totals[1]:.1f} | {totals[1] / totals[0]:.2f} |")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -334,6 +370,7 @@ def main() -> None:
     ap.add_argument("--size", default="1600x1200", help="WxH of the gray test image")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--choices", action="store_true", help="only phase 2's before/after of the job's path")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     size, mp, rep = (h, w), h * w / 1e6, args.repeat
@@ -342,6 +379,8 @@ def main() -> None:
     print(f"gray {w}x{h} ({mp:.2f} MP), ab 256x256 from the compact model; torch threads 1; best of {rep}; "
           f"band {BAND} px\n", flush=True)
     gray, jpeg, ab = make_input(size)
+    if args.choices:
+        return choices(gray, jpeg, ab, rep)
     ref = reference(gray, ab, "bilinear")
     ref_cubic = reference(gray, ab, "bicubic")
     light = np.take(color.gray_l_lut(), gray)
