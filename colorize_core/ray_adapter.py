@@ -119,6 +119,14 @@ def _run_cpu_stage(batch, stage, fault: str = ""):
     return _call(stage, batch, fault)
 
 
+def _run_cpu_stage_in_pieces(batch, stage, fault: str = "", rows: int = 1):
+    """Task body yielding the stage's output as blocks of at most ``rows`` rows: a shard's rows spread over
+    every actor of the next operator (Ray Data gives a whole block to one actor)."""
+    out = _run_cpu_stage(batch, stage, fault)
+    for start in range(0, max(out.num_rows, 1), rows):
+        yield out.slice(start, rows)
+
+
 class _ActorStage:
     """Actor body: holds set-up stages (a model replica; on fused layouts decode -> inference -> compose) for
     its lifetime, and runs them one after another on each batch in this process: only the last one's output
@@ -240,12 +248,14 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[
     cpu_args: dict[str, Any] = {"num_cpus": res.cpus_per_task}
     if res.cpu_concurrency:
         cpu_args["compute"] = ray.data.TaskPoolStrategy(size=res.cpu_concurrency)
-    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": expand, "fault": _fault(expand)},
-                        batch_size=1, batch_format="numpy", **cpu_args)
     stages = tuple(infer) if isinstance(infer, Sequence) else (infer,)
+    if res.fused and len(stages) != 1:
+        raise ValueError("a fused layout holds one model")
+    pieces = {"rows": cfg.inference.batch_size} if res.fused else {}
+    ds = ds.map_batches(_run_cpu_stage_in_pieces if res.fused else _run_cpu_stage,
+                        fn_kwargs={"stage": expand, "fault": _fault(expand), **pieces},
+                        batch_size=1, batch_format="numpy", **cpu_args)
     if res.fused:
-        if len(stages) != 1:
-            raise ValueError("a fused layout holds one model")
         return ds.map_batches(
             _ActorStage, fn_constructor_kwargs=_actor_stage((replace(decode, keep_source=True), *stages, compose)),
             batch_size=cfg.inference.batch_size, batch_format="numpy",
