@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.memory import Sampler  # noqa: E402
 from colorize_core import imageio, metrics, render, storage  # noqa: E402
 from colorize_core.models import create_model, load_model  # noqa: E402
-from colorize_core.stages import InferenceStage, cpu_supports_bf16, write_result  # noqa: E402
+from colorize_core.stages import InferenceStage, cpu_supports_bf16  # noqa: E402
 
 SIZE_CLASSES_MP = (0.25, 0.75, 1.5, 2.25, 3.75)  # mean 1.7 MP
 BUNDLED = ("compact", "effnet_unet")  # the others run on random weights of the released shapes
@@ -183,7 +183,7 @@ def step_costs(paths, module, pre, out: Path) -> tuple[dict[str, float], float]:
         t3 = time.process_time()
         rgb = render.compose(source.pixels, ab, pre, is_gray=source.is_gray)
         t4 = time.process_time()
-        write_result(rgb, str(out / p.name), "jpeg", 95, options, str(out))
+        storage.write_output(str(out / p.name), imageio.encode_image(rgb, "jpeg", quality=95), options, root=str(out))
         t5 = time.process_time()
         metrics.compute_metrics(rgb, None)
         t6 = time.process_time()

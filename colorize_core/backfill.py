@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from . import launch, pipeline, runstate, storage
+from . import archival, launch, pipeline, runstate, storage
 from . import manifest as manifest_mod
 from .config import ColorizeConfig
 from .errors import UserError
@@ -328,6 +328,7 @@ def backfill(cfg: BackfillConfig, *, dry_run: bool = False, wait: bool = False, 
     t0 = time.monotonic()
     options = cfg.storage.options()
     pipeline.check_model_name(cfg.model)
+    archival.load_signer(cfg.provenance, options, check=True)  # before the lease and the listing
     if dry_run:
         index = runstate.load_ledger_index(cfg.output, options)
         listing = scan(cfg, options, index, write_todo=False)

@@ -1,10 +1,11 @@
 """``colorize``: the local command line (no cluster) plus ``colorize run`` for the Ray job.
 
-    colorize image IN -o OUT [--model NAME] [--weights URI]
-    colorize folder DIR -o OUTDIR [--model NAME[,NAME...]] [--format jpeg|png] [--compare]
+    colorize image IN -o OUT [--model NAME] [--weights URI] [--output-depth auto|8|16] [--c2pa-cert PEM --c2pa-key PEM]
+    colorize folder DIR -o OUTDIR [--model NAME[,NAME...]] [--format jpeg|png|webp|tiff] [--compare]
     colorize run ...            (same flags as python -m jobs.colorize)
     colorize models             (the registry)
     colorize review --output RUN [--host 127.0.0.1] [--port 8765]   (a page over a finished run)
+    colorize verify --output RUN [--bagit]   (re-hash a run's outputs against its metrics)
 
 It does what single-image colorization scripts do, on the job's own path (:mod:`colorize_core.render`): decode
 any archive format, model-size L, batched forward, ab upsampled onto the original full-resolution L.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import imageio, metrics, render, storage
+from . import archival, fixity, imageio, launch, metrics, render, storage
 from .errors import UserError
 from .models.checkpoint import is_checkpoint_uri
 from .models.registry import DEFAULT_MODEL
@@ -37,20 +38,59 @@ class Colorizer:
         self.saturation = saturation
         self.batch_size = batch_size
 
-    def __call__(self, images: list[imageio.DecodedImage]) -> list[np.ndarray]:
-        return render.colorize(self.module, images, self.info.preprocessing, saturation=self.saturation,
-                               batch_size=self.batch_size)
+    def __call__(self, images: list[imageio.DecodedImage], depths: list[int] | None = None) -> list[np.ndarray]:
+        """Colorized RGB of each image, at its depth (8 or 16 bits; default 8)."""
+        depths = depths or [8] * len(images)
+        out: list[np.ndarray | None] = [None] * len(images)
+        for depth in sorted(set(depths)):
+            idx = [i for i, d in enumerate(depths) if d == depth]
+            for i, rgb in zip(idx, render.colorize(self.module, [images[i] for i in idx], self.info.preprocessing,
+                                                   saturation=self.saturation, batch_size=self.batch_size,
+                                                   depth=depth)):
+                out[i] = rgb
+        return out
 
 
-def _decode_path(path: Path, max_pixels: int) -> imageio.DecodedImage:
-    # storage.read_bytes, not Path.read_bytes: a FIFO named *.jpg would block forever, a device never end.
-    return imageio.decode_image(storage.read_bytes(str(path)), max_pixels=max_pixels)
+class Source:
+    """A source file's bytes (hashed and carried into the output's metadata) and its decoded pixels."""
+
+    def __init__(self, path: Path, max_pixels: int):
+        self.path = path
+        # storage.read_bytes, not Path.read_bytes: a FIFO named *.jpg would block forever, a device never end.
+        self.data = storage.read_bytes(str(path))
+        self.decoded = imageio.decode_image(self.data, max_pixels=max_pixels)
 
 
-def _write(path: Path, rgb: np.ndarray, fmt: str | None, quality: int) -> Path:
-    fmt = fmt or {".png": "png", ".webp": "webp"}.get(path.suffix.lower(), "jpeg")
+def _format_for(path: Path, fmt: str | None) -> str:
+    return fmt or {".png": "png", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff"}.get(path.suffix.lower(), "jpeg")
+
+
+def output_settings(args, fmt: str) -> archival.OutputSettings:
+    """The output settings the flags give, checked at start-up: a visible label on a master, 16 bits in a
+    format that cannot hold them, or a signing certificate C2PA would refuse are one line, before any work."""
+    from .config import ProvenanceConfig, build
+
+    fmt = imageio.canonical_format(fmt)
+    try:
+        if args.output_depth != "auto":
+            imageio.output_depth(args.output_depth, 16, fmt)
+    except ValueError as exc:
+        raise UserError(f"--output-depth {args.output_depth}: {exc}") from None
+    if args.visible_label and archival.is_master(fmt, 16 if args.output_depth == "16" else 8):
+        raise UserError("--visible-label is for access copies: masters (tiff, or --output-depth 16) never get it")
+    provenance = build(ProvenanceConfig, {"cert": args.c2pa_cert, "key": args.c2pa_key})
+    signer = archival.load_signer(provenance, storage.StorageOptions.from_env(), check=True)
+    return archival.OutputSettings(fmt, args.output_depth, args.quality, args.visible_label, signer)
+
+
+def _write(path: Path, rgb: np.ndarray, source: Source, settings: archival.OutputSettings, colorizer) -> Path:
+    """The one archival path (:func:`colorize_core.archival.write_output`): metadata, provenance, signature."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(imageio.encode_image(rgb, fmt, quality=quality))
+    record = archival.derivation(str(source.path), source.data, colorizer.info.name, colorizer.info.weights_sha256,
+                                 source.decoded.source_format)
+    archival.write_output(rgb, str(path), settings, record, source=source.data,
+                          source_format=source.decoded.source_format, colour=source.decoded.colour,
+                          root=str(path.parent))
     return path
 
 
@@ -88,10 +128,11 @@ def cmd_image(args) -> int:
         raise UserError(f"{args.input} is a folder: use `colorize folder {args.input} -o OUT_DIR`")
     if Path(args.output).is_dir():
         raise UserError(f"-o {args.output} is a folder: give the output image's file name (e.g. out.jpg)")
+    settings = output_settings(args, _format_for(Path(args.output), args.format))
     colorizer = Colorizer(args.model, args.weights, saturation=args.saturation, **_model_kwargs(args))
-    source = _decode_path(Path(args.input), args.max_pixels)
-    out = _write(Path(args.output), colorizer([source])[0], args.format, args.quality)
-    print(out)
+    source = Source(Path(args.input), args.max_pixels)
+    rgb = colorizer([source.decoded], [settings.depth(source.decoded.bit_depth)])[0]
+    print(_write(Path(args.output), rgb, source, settings, colorizer))
     return 0
 
 
@@ -107,15 +148,18 @@ def cmd_folder(args) -> int:
         print(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}", file=sys.stderr)
         return 1
     models = [m for m in args.model.split(",") if m]
-    decoded: dict[str, imageio.DecodedImage] = {}
+    settings = output_settings(args, args.format or "jpeg")
+    sources: dict[str, Source] = {}
     failures = 0
     for f in files:
         try:
-            decoded[f.name] = _decode_path(f, args.max_pixels)
+            sources[f.name] = Source(f, args.max_pixels)
         except (imageio.ImageDecodeError, OSError) as exc:  # OSError: a FIFO, a folder named *.jpg, no access
             failures += 1
             print(f"skipped {f.name}: {exc}", file=sys.stderr)
-    names = list(decoded)
+    names = list(sources)
+    decoded = {n: sources[n].decoded for n in names}
+    depths = [settings.depth(decoded[n].bit_depth) for n in names]
     # Output names drop the suffix unless that would make two inputs (a.png, a.jpg) write one file.
     stems = [Path(n).stem for n in names]
     out_stem = {n: n if stems.count(s) > 1 else s for n, s in zip(names, stems)}
@@ -127,14 +171,14 @@ def cmd_folder(args) -> int:
         print(f"error: two --model entries would write to the same sub-folder {dupes}", file=sys.stderr)
         return 1
     results: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
-    ext = imageio.FORMAT_EXTENSIONS[args.format or "jpeg"]
+    ext = imageio.FORMAT_EXTENSIONS[settings.fmt]
     for model in models:
         weights = _weights_for(model, args.weights, len(models))
         colorizer = Colorizer(model, weights, saturation=args.saturation, **_model_kwargs(args))
         label = labels[model]
-        for name, rgb in zip(names, colorizer([decoded[n] for n in names])):
-            results[name][label] = rgb
-            _write(outdir / label / f"{out_stem[name]}.{ext}", rgb, args.format or "jpeg", args.quality)
+        for name, rgb in zip(names, colorizer([decoded[n] for n in names], depths)):
+            results[name][label] = imageio.to_uint8(rgb)
+            _write(outdir / label / f"{out_stem[name]}.{ext}", rgb, sources[name], settings, colorizer)
         print(f"{label}: {len(names)} image(s) -> {outdir / label}")
     if args.compare:
         for name in names:
@@ -187,6 +231,17 @@ def cmd_review(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    """Re-hash a run's outputs against its metrics: missing and changed files, exit 1 when any."""
+    options = storage.StorageOptions.from_env()
+    report = fixity.verify(args.output, options)
+    for line in report.lines():
+        print(line)
+    if args.bagit:
+        print(f"wrote {storage.redact_uri(fixity.write_bagit(args.output, options))} and bagit.txt")
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="colorize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "'official' (for those that have it) or name=URI,name=URI")
         sp.add_argument("--temperature", type=float, help="ECCV16 annealed-mean temperature")
         sp.add_argument("--saturation", type=float, default=1.0)
-        sp.add_argument("--format", choices=["jpeg", "png", "webp"])
+        sp.add_argument("--format", choices=["jpeg", "jpg", "png", "webp", "tiff", "tif"])
+        sp.add_argument("--output-depth", dest="output_depth", choices=["auto", "8", "16"], default="auto",
+                        help="bits per sample; auto: 16 where the source is 16-bit and the format holds it")
+        sp.add_argument("--visible-label", dest="visible_label", action="store_true",
+                        help="stamp a small 'colourised by machine' mark (access copies only, never masters)")
+        launch.add_provenance_flags(sp)
         sp.add_argument("--quality", type=int, default=95)
         sp.add_argument("--max-pixels", dest="max_pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS)
 
@@ -220,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sp.add_argument("--port", type=int, default=8765)
     sp.set_defaults(func=cmd_review)
+    sp = sub.add_parser("verify", help="re-hash a run's outputs against its metrics (fixity)")
+    sp.add_argument("--output", required=True, help="the run's --output, local or s3:// (AWS_* variables apply)")
+    sp.add_argument("--bagit", action="store_true", help="also write manifest-sha256.txt and bagit.txt at its root")
+    sp.set_defaults(func=cmd_verify)
     sub.add_parser("run", help="the Ray job (flags of python -m jobs.colorize)", add_help=False)
     return p
 

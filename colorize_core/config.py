@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 from .imageio import DEFAULT_MAX_PIXELS
@@ -93,17 +93,52 @@ class CpuStageConfig(_Strict):
                                  "bytes per pixel each) plus a few MB of bands: ~1 GB for a 100 MP scan.")
 
 
+class ProvenanceConfig(_Strict):
+    """Content Credentials (C2PA): the signing certificate chain and its key. Without both, outputs carry the
+    provenance XMP alone (always written) and no C2PA manifest."""
+
+    cert: str | None = Field(None, description="PEM certificate chain (signing certificate first, then its "
+                             "issuers), local path or s3://. It must be issued by a CA (your own is fine) and "
+                             "carry the emailProtection or documentSigning extended key usage.")
+    key: str | None = Field(None, repr=False, description="PEM private key of the signing certificate, local "
+                            "path or s3://; never written to logs, outputs or config.json.")
+    key_password_env: str | None = Field(None, description="Environment variable holding the key's password, "
+                                         "if the PEM is encrypted (never the password itself).")
+    tsa_url: str | None = Field(None, description="RFC 3161 timestamp authority URL (optional: the signature "
+                                "then proves when it was made; every output costs one request to it).")
+
+    @property
+    def signing(self) -> bool:
+        return bool(self.cert or self.key)
+
+    @model_validator(mode="after")
+    def _both(self) -> "ProvenanceConfig":
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("C2PA signing needs both the certificate chain (--c2pa-cert, provenance.cert) and "
+                             "its key (--c2pa-key, provenance.key)")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        from .storage import redact_uri
+
+        data = self.model_dump(mode="json")
+        data["cert"] = redact_uri(self.cert) if self.cert else None
+        data["key"] = "***" if self.key else None
+        return data
+
+
 class JobConfig(_Strict):
     """What every pipeline job shares: pool settings, storage, and a secret-free resolved form."""
 
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     cpu: CpuStageConfig = Field(default_factory=CpuStageConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
 
     @field_validator("output_format", mode="before", check_fields=False)
     @classmethod
     def _fmt(cls, v: Any) -> Any:
-        return {"jpg": "jpeg"}.get(str(v).lower(), str(v).lower()) if v is not None else v
+        return {"jpg": "jpeg", "tif": "tiff"}.get(str(v).lower(), str(v).lower()) if v is not None else v
 
     @field_validator("output", mode="after", check_fields=False)
     @classmethod
@@ -119,7 +154,8 @@ class JobConfig(_Strict):
         credentials masked, and presigned URLs (weights, model, manifest) without their signatures."""
         from .storage import redact_uri
 
-        data = {**self.model_dump(mode="json"), "storage": self.storage.redacted()}
+        data = {**self.model_dump(mode="json"), "storage": self.storage.redacted(),
+                "provenance": self.provenance.redacted()}
         for key in ("weights", "model", "manifest", "output", "reference", "models"):
             value = data.get(key)
             if isinstance(value, str):
@@ -136,7 +172,13 @@ class ColorizeConfig(JobConfig):
     weights: str | None = Field(None, description="'official', a local path, https:// or s3:// URI; "
                                 "default: the model's bundled weights if it has any.")
     temperature: float | None = Field(None, gt=0, description="ECCV16 annealed-mean temperature (paper: 0.38).")
-    output_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    output_format: Literal["jpeg", "png", "webp", "tiff"] = Field(
+        "jpeg", description="jpeg/webp for access copies; png or tiff (deflate) for masters, which hold 16 bits.")
+    output_depth: Literal["auto", "8", "16"] = Field(
+        "auto", description="Bits per sample of the outputs: auto is 16 where the source is 16-bit and the "
+        "format holds it (png, tiff), else 8; with visible_label auto is 8 (access copies).")
+    visible_label: bool = Field(False, description="Stamp a small 'colourised by machine' mark bottom right: "
+                                "for access copies only, refused with masters (tiff, or 16-bit).")
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality (100 = lossless WebP).")
     saturation: float = Field(1.0, ge=0, description="Factor applied to the predicted ab.")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Larger images are refused as error rows.")
@@ -155,6 +197,23 @@ class ColorizeConfig(JobConfig):
                                       "fault (a wrong prefix or format, no access) shows as far more. A run in "
                                       "which no row succeeded never exits 0, whatever this is.")
     limit: int | None = Field(None, ge=1, description="Process at most this many manifest rows (smoke runs).")
+
+    @field_validator("output_depth", mode="before")
+    @classmethod
+    def _depth(cls, v: Any) -> Any:
+        return str(v).lower() if isinstance(v, (int, str)) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _masters(self) -> "ColorizeConfig":
+        from .imageio import FORMAT_DEPTHS
+
+        if self.output_depth == "16" and 16 not in FORMAT_DEPTHS[self.output_format]:
+            raise ValueError(f"output_depth 16 needs a format that holds 16 bits (png or tiff), not "
+                             f"{self.output_format}")
+        if self.visible_label and (self.output_format == "tiff" or self.output_depth == "16"):
+            raise ValueError("visible_label is for access copies: masters (tiff, or output_depth 16) never get "
+                             "it; write the master and a labelled jpeg access copy in two runs")
+        return self
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -201,7 +260,8 @@ def explain(exc: ValidationError, cls: type[BaseModel], source: str | Path | Non
         flag = "--" + loc[-1].replace("_", "-")
         text = f"missing required setting '{key}': give {flag} or set it in the config file"
     elif first["type"] == "value_error":
-        text = f"'{key}': {first['msg'].removeprefix('Value error, ')}"
+        msg = first['msg'].removeprefix('Value error, ')
+        text = f"'{key}': {msg}" if loc else msg
     else:
         value = first.get("input")
         shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from . import imageio, launch, runstate, storage
+from . import archival, imageio, launch, runstate, storage
 from . import manifest as manifest_mod
 from .config import JobConfig
 from .errors import UserError
@@ -159,6 +159,7 @@ def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool =
 
     t0 = time.monotonic()
     options = cfg.storage.options()
+    archival.load_signer(cfg.provenance, options, check=True)  # one line at start-up, never per image
     info = manifest_mod.validate(cfg.manifest, options)
     specs = model_specs(cfg)
     # Resolve every model on the driver first: a model without weights fails here with load_model's
@@ -193,9 +194,10 @@ def run(cfg: EvaluateConfig, *, ray_address: str | None = None, progress: bool =
                                     cfg.inference.batch_size, input_column=column, output_column=f"ab_{label}",
                                     seconds_column=f"seconds_{label}", keep_input=later, use_hints=hinted))
     scored = (ScoredModel(GRAY_BASELINE),
-              *(ScoredModel(label, f"ab_{label}", f"seconds_{label}", mi.preprocessing) for label, _, _, mi, _ in models))
+              *(ScoredModel(label, f"ab_{label}", f"seconds_{label}", mi.preprocessing, mi.name, mi.weights_sha256)
+                for label, _, _, mi, _ in models))
     compose = EvalComposeStage(options, cfg.output, scored, cfg.protocol, cfg.output_format, cfg.quality,
-                               cfg.max_pixels)
+                               cfg.max_pixels, cfg.provenance)
     ds = build_dataset([s.to_dict() for s in shards], ExpandShards(options, manifest_mod.REQUIRED), decode,
                        infer, compose, cfg, res)
     counts = drain(ds, {s.shard_id: s.num_rows * per_image for s in shards}, cfg.output, options,
@@ -513,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hints", type=int, help="also score models that take hints with N hints sampled from each "
                    "original (labelled <label>_hints<N>)")
     p.add_argument("--hint-seed", dest="hint_seed", type=int, help="seed of the sampled hints (default 0)")
+    launch.add_provenance_flags(p)
     launch.add_run_flags(p)
     return p
 
@@ -533,6 +536,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
     flags["models"] = [s.strip() for s in args.models.split(",") if s.strip()] if args.models else None
     flags["weights"] = _pairs(args.weights) if args.weights else None
     flags["inference"] = launch.inference_flags(args)
+    flags["provenance"] = launch.provenance_flags(args)
     return launch.load_config(EvaluateConfig, args, flags)
 
 

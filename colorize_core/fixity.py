@@ -28,7 +28,7 @@ from .errors import OK, UserError
 __all__ = ["Expected", "Report", "matches", "sha256_hex", "verify", "write_bagit"]
 
 _CHUNK = 8 << 20
-FIXITY_COLUMNS = ("image_id", "status", "output_path", "output_sha256", "output_bytes")
+_READ_COLUMNS = ("image_id", "status", "output_path", "output_sha256", "output_bytes")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -88,8 +88,8 @@ def expected_outputs(output: str, options: storage.StorageOptions | None = None)
     for uri in files:
         table = storage.read_parquet_table(uri, options)
         cols = {name: table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
-                for name in FIXITY_COLUMNS}
-        for image_id, status, path, sha, size in zip(*(cols[c] for c in FIXITY_COLUMNS)):
+                for name in _READ_COLUMNS}
+        for image_id, status, path, sha, size in zip(*(cols[c] for c in _READ_COLUMNS)):
             if status != OK:
                 continue
             if not sha:

@@ -407,16 +407,27 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
             im, note = icc_mod.cmyk_to_srgb(im, profile)
         pixels, is_gray = _to_pixels(im)
     bits = 16 if source_mode in _GRAY16_MODES or (source_mode == "I" and pixels.dtype == np.uint16) else 8
-    if note is None and not profile:
-        note = "no ICC profile: read as sRGB"
-    elif note is None:  # profiles work on [H, W, 3]; a gray result goes back to one channel
-        managed = icc_mod.apply_profile(pixels if pixels.ndim == 3 else _gray3(pixels), is_gray, profile,
-                                        gray_source=source_mode in _GRAY_MODES)
-        pixels, is_gray, note = managed.rgb, managed.is_gray, managed.note
-        if pixels.ndim == 3 and source_mode in _GRAY_MODES and is_gray:
-            pixels = np.ascontiguousarray(pixels[..., 0])
+    if note is None:
+        pixels, is_gray, note = managed_pixels(pixels, profile, gray_source=source_mode in _GRAY_MODES,
+                                               is_gray=is_gray)
     return DecodedImage(pixels, source_mode=source_mode, source_format=fmt, is_gray=is_gray, bit_depth=bits,
                         colour=note)
+
+
+def managed_pixels(pixels: np.ndarray, profile: bytes | None, *, gray_source: bool,
+                   is_gray: bool | None = None) -> tuple[np.ndarray, bool, str]:
+    """Decoded pixels (gray ``[H, W]`` or ``[H, W, 3]``) brought from their embedded profile to sRGB
+    (:func:`icc.apply_profile`): (pixels, is_gray, the note). Profiles work on ``[H, W, 3]``; a gray source
+    whose result is gray goes back to one channel."""
+    if not profile:
+        return pixels, bool(gray_source if is_gray is None else is_gray), "no ICC profile: read as sRGB"
+    rgb = pixels if pixels.ndim == 3 else _gray3(pixels)
+    is_gray = (gray_source or channels_equal(rgb)) if is_gray is None else is_gray
+    managed = icc_mod.apply_profile(rgb, is_gray, profile, gray_source=gray_source)
+    out = managed.rgb
+    if out.ndim == 3 and gray_source and managed.is_gray:
+        out = np.ascontiguousarray(out[..., 0])
+    return out, managed.is_gray, managed.note
 
 
 def _to_pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
@@ -441,17 +452,17 @@ def _to_pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
         return _over_white(la[..., :1], la[..., 1], 255)[..., 0], True
     if mode == "RGB" and not im.has_transparency_data:
         rgb = np.ascontiguousarray(np.asarray(im))
-        return rgb, _channels_equal(rgb)
+        return rgb, channels_equal(rgb)
     if im.has_transparency_data or mode in ("RGBA", "RGBa", "PA", "La"):
         rgba = np.asarray(im if mode == "RGBA" else im.convert("RGBA"))
         rgb = _over_white(rgba[..., :3], rgba[..., 3], 255)
-        return rgb, mode in _GRAY_MODES or _channels_equal(rgb)
+        return rgb, mode in _GRAY_MODES or channels_equal(rgb)
     try:  # P, CMYK, YCbCr, RGBX, LAB, HSV, ...
         converted = im.convert("RGB")
     except (ValueError, OSError):
         raise ImageDecodeError(f"unsupported image mode {mode!r}") from None
     rgb = np.ascontiguousarray(np.asarray(converted))
-    return rgb, _channels_equal(rgb)
+    return rgb, channels_equal(rgb)
 
 
 def _decode_rgb16(data: bytes, im: Image.Image, max_pixels: int) -> DecodedImage:
@@ -544,7 +555,7 @@ def _finish16(arr: np.ndarray, orientation: int, fmt: str, *, premultiplied: boo
     else:
         mode, rgb = "RGB;16", arr[..., :3]
     rgb = np.ascontiguousarray(_orient(rgb, orientation))
-    managed = icc_mod.apply_profile(rgb, _channels_equal(rgb), profile, gray_source=False)
+    managed = icc_mod.apply_profile(rgb, channels_equal(rgb), profile, gray_source=False)
     return DecodedImage(managed.rgb, source_mode=mode, source_format=fmt, is_gray=managed.is_gray,
                         bit_depth=16, colour=managed.note)
 
@@ -616,7 +627,7 @@ def _over_white(color: np.ndarray, alpha: np.ndarray, maxval: int) -> np.ndarray
     return np.ascontiguousarray(out.astype(out_dtype))
 
 
-def _channels_equal(rgb: np.ndarray) -> bool:
+def channels_equal(rgb: np.ndarray) -> bool:
     """True if R == G == B everywhere; a strided sample rejects colour images early."""
     step = max(1, rgb.shape[0] // 32)
     sample = rgb[::step]

@@ -57,8 +57,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="Ray's own logs and per-operator progress too")
 
 
-COLORIZE_FLAGS = ("model", "weights", "temperature", "output_format", "quality", "saturation", "max_pixels",
-                  "shard_rows", "limit", "max_error_fraction", "overwrite", "retry_errors")
+COLORIZE_FLAGS = ("model", "weights", "temperature", "output_format", "output_depth", "visible_label", "quality",
+                  "saturation", "max_pixels", "shard_rows", "limit", "max_error_fraction", "overwrite",
+                  "retry_errors")
 
 
 def add_colorize_flags(p: argparse.ArgumentParser) -> None:
@@ -68,7 +69,11 @@ def add_colorize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help=f"registry name or checkpoint directory URI (default: {DEFAULT_MODEL})")
     p.add_argument("--weights", help="'official', local path, https:// or s3:// URI")
     p.add_argument("--temperature", type=float, help="ECCV16 annealed-mean temperature")
-    p.add_argument("--output-format", dest="output_format", choices=["jpeg", "jpg", "png", "webp"])
+    p.add_argument("--output-format", dest="output_format", choices=["jpeg", "jpg", "png", "webp", "tiff", "tif"])
+    p.add_argument("--output-depth", dest="output_depth", choices=["auto", "8", "16"],
+                   help="bits per sample; auto: 16 where the source is 16-bit and the format holds it (png, tiff)")
+    p.add_argument("--visible-label", dest="visible_label", action="store_true", default=None,
+                   help="stamp a small 'colourised by machine' mark on access copies (never on masters)")
     p.add_argument("--quality", type=int)
     p.add_argument("--saturation", type=float)
     p.add_argument("--max-pixels", dest="max_pixels", type=int)
@@ -77,7 +82,19 @@ def add_colorize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", default=None, help="ignore earlier progress, redo all")
     p.add_argument("--retry-errors", dest="retry_errors", action="store_true", default=None,
                    help="try rows that earlier runs recorded as errors again")
+    add_provenance_flags(p)
     add_run_flags(p)
+
+
+def add_provenance_flags(p: argparse.ArgumentParser) -> None:
+    """C2PA signing: the certificate chain and its key (both, or neither)."""
+    p.add_argument("--c2pa-cert", dest="c2pa_cert", metavar="PEM",
+                   help="sign every output with C2PA: certificate chain (PEM, signing certificate first), path or s3://")
+    p.add_argument("--c2pa-key", dest="c2pa_key", metavar="PEM", help="the signing certificate's private key (PEM)")
+
+
+def provenance_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {"cert": getattr(args, "c2pa_cert", None), "key": getattr(args, "c2pa_key", None)}
 
 
 def inference_flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import launch, runstate, storage
+from . import archival, launch, runstate, storage
 from . import manifest as manifest_mod
 from .config import ColorizeConfig
 from .errors import OK, TRANSIENT
@@ -46,6 +46,7 @@ def build_parser(prog: str = "python -m jobs.colorize") -> argparse.ArgumentPars
 def colorize_flags(args: argparse.Namespace) -> dict[str, Any]:
     flags = {k: getattr(args, k, None) for k in launch.COLORIZE_FLAGS}
     flags["inference"] = launch.inference_flags(args)
+    flags["provenance"] = launch.provenance_flags(args)
     return flags
 
 
@@ -78,11 +79,22 @@ def check_model_name(model: str) -> None:
         get_entry(model)  # UnknownNameError names the registered models
 
 
-def run_identity(cfg: ColorizeConfig, model_info) -> dict[str, Any]:
-    """Every setting that changes an output byte; the weights by the hash of their content."""
-    return {"model": storage.redact_uri(cfg.model), "weights_sha256": model_info.weights_sha256, "output_format": cfg.output_format,
-            "quality": cfg.quality, "saturation": cfg.saturation, "temperature": cfg.temperature,
-            "hint_radius": cfg.hint_radius, "shard_rows": cfg.shard_rows}
+def run_identity(cfg: ColorizeConfig, model_info, signer=None) -> dict[str, Any]:
+    """Every setting that changes an output byte; the weights by the hash of their content, the C2PA signer by
+    the hash of its certificate chain. Archival settings appear only when not their defaults, so runs made
+    before they existed resume."""
+    identity = {"model": storage.redact_uri(cfg.model), "weights_sha256": model_info.weights_sha256,
+                "output_format": cfg.output_format, "quality": cfg.quality, "saturation": cfg.saturation,
+                "temperature": cfg.temperature, "hint_radius": cfg.hint_radius, "shard_rows": cfg.shard_rows}
+    if cfg.output_depth != "auto":
+        identity["output_depth"] = cfg.output_depth
+    if cfg.visible_label:
+        identity["visible_label"] = True
+    if signer is not None:
+        from .fixity import sha256_hex
+
+        identity["c2pa_certificate_sha256"] = sha256_hex(signer.certificate_chain)
+    return identity
 
 
 def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool = True,
@@ -95,6 +107,8 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     t0 = time.monotonic()
     options = cfg.storage.options()
     check_model_name(cfg.model)
+    # A certificate C2PA would refuse is one line here (a test signature), never an error row per image.
+    signer = archival.load_signer(cfg.provenance, options, check=True)
     if cfg.manifest == "samples":
         cfg = cfg.model_copy(update={"manifest": samples_manifest(cfg.output)})
     with storage.access_checked(cfg.manifest):
@@ -103,7 +117,7 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     # Resolve the model once on the driver: fail fast on bad weights, record what ran.
     module, model_info = load_model(cfg.model, cfg.weights, storage_options=options, **model_kwargs)
     with storage.access_checked(cfg.output):
-        resumed = runstate.check_identity(cfg.output, run_identity(cfg, model_info), options,
+        resumed = runstate.check_identity(cfg.output, run_identity(cfg, model_info, signer), options,
                                           overwrite=cfg.overwrite)
     storage.write_output(storage.join(cfg.output, "config.json"), json.dumps(cfg.resolved(), indent=2).encode(),
                          options, root=cfg.output)
@@ -138,7 +152,8 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
                            cfg.inference.max_precision_error, cfg.inference.channels_last, res.threads,
                            cfg.inference.batch_size),
             ComposeStage(options, cfg.output, model_info.preprocessing, cfg.output_format, cfg.quality,
-                         cfg.saturation, model_info.name, cfg.max_pixels,
+                         cfg.saturation, model_info.name, cfg.max_pixels, cfg.output_depth, cfg.visible_label,
+                         cfg.provenance, model_info.weights_sha256,
                          device=res.device if res.fused and res.device == "cuda" else None),
         )
         bar = Progress(total, skipped, enabled=progress)

@@ -155,12 +155,15 @@ def load_local_signer(cert_uri: str, key_uri: str, options: storage.StorageOptio
 
 
 def _read(uri: str, options, what: str) -> bytes:
+    # The key's path is not shown either: where an organisation keeps its signing keys is its own business.
+    where = "the path given as --c2pa-key / provenance.key" if what == "key" else storage.redact_uri(uri)
     try:
         return storage.read_bytes(uri, options, max_bytes=1 << 20)
     except FileNotFoundError:
-        raise UserError(f"C2PA signing {what} not found: {storage.redact_uri(uri)}") from None
-    except PermissionError:
-        raise UserError(f"C2PA signing {what} not readable (permission denied): {storage.redact_uri(uri)}") from None
+        raise UserError(f"C2PA signing {what} not found: {where}") from None
+    except (PermissionError, IsADirectoryError, NotADirectoryError, storage.NotRegularFileError,
+            storage.TooLargeError) as exc:
+        raise UserError(f"C2PA signing {what} not readable ({type(exc).__name__}): {where}") from None
 
 
 # --------------------------------------------------------------------------- start-up check

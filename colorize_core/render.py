@@ -69,8 +69,10 @@ def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple
     sources one channel ``[h, w]``, as :attr:`imageio.DecodedImage.pixels`.
 
     8-bit gray and RGB JPEGs (the archive's bulk) are decoded at a reduced DCT scale (Pillow's draft mode):
-    a fraction of a full decode. Anything else, and any JPEG the fast path does not take, goes through
-    :func:`imageio.decode_image` at full size with its guards and its reasons for bad files."""
+    a fraction of a full decode, with the embedded ICC profile applied as :func:`imageio.decode_image` applies
+    it (:func:`colorize_core.icc.apply_profile`), so the model sees the L the compose keeps. Anything else, and
+    any JPEG the fast path does not take, goes through :func:`imageio.decode_image` at full size with its
+    guards and its reasons for bad files."""
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
             if im.format == "JPEG" and im.mode in ("L", "RGB") and im.width * im.height <= max_pixels:
@@ -88,6 +90,9 @@ def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple
                     pass
                 arr = np.asarray(im)
                 if arr.shape[:2] and (arr.ndim == 2 or arr.shape[2] == 3):
+                    profile = im.info.get("icc_profile")
+                    if profile:
+                        arr = imageio.managed_pixels(arr, profile, gray_source=im.mode == "L")[0]
                     return arr, full
     except Exception:  # noqa: BLE001 - the full decode below gives the row its reason
         pass

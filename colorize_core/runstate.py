@@ -137,7 +137,7 @@ def metrics_table(rows: list[dict[str, Any]]) -> pa.Table:
     cols = {}
     for name in METRICS_SCHEMA.names:
         vals = [r.get(name) for r in rows]
-        if name in ("width", "height"):
+        if METRICS_SCHEMA.field(name).type == pa.int64():  # -1: none (sizes of error rows)
             vals = [None if v is None or v < 0 else int(v) for v in vals]
         elif METRICS_SCHEMA.field(name).type == pa.float64():
             vals = [None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v) for v in vals]

@@ -22,10 +22,17 @@ import pyarrow as pa
 # The scores of one image, as colorize_core.metrics.compute_metrics returns them (metrics.METRIC_NAMES).
 SCORES = ("psnr", "ssim", "rmse", "colorfulness", "deltae2000")
 
+# Fixity and metadata of a written output (colorize_core.archival.Finished.columns; colorize_core.fixity reads them
+# back): its key relative to the run's output prefix, the sha256 of the source bytes read and of the output bytes
+# written, their size, and every metadata block dropped and why (None: nothing was). Null in error rows.
+FIXITY_FIELDS = (("output_path", pa.string()), ("source_sha256", pa.string()), ("output_sha256", pa.string()),
+                 ("output_bytes", pa.int64()), ("metadata", pa.string()))
+FIXITY_COLUMNS = tuple(name for name, _ in FIXITY_FIELDS)
+
 METRICS_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("status", pa.string()), ("error", pa.string()), ("model", pa.string()),
     ("width", pa.int64()), ("height", pa.int64()), *((name, pa.float64()) for name in SCORES),
-    ("seconds", pa.float64()), ("metrics_against", pa.string()),
+    ("seconds", pa.float64()), ("metrics_against", pa.string()), *FIXITY_FIELDS,
 ])
 METRIC_COLUMNS = tuple(METRICS_SCHEMA.names)
 

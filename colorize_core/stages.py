@@ -27,6 +27,7 @@ output (and the ``gray`` baseline, ab = 0) and emits one metrics row per (image,
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -37,12 +38,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import errors, imageio, metrics, render, storage, torchpath
+from . import archival, errors, fixity, imageio, metadata, metrics, render, storage, torchpath
+from .config import ProvenanceConfig
 from .errors import InputError, OutputError
 from .hints import sample_hints
 from .manifest import Shard, read_shard
 from .models.preprocess import Preprocessing
-from .schema import METRIC_COLUMNS, METRICS_SCHEMA
+from .runstate import metrics_uri
+from .schema import FIXITY_COLUMNS, METRIC_COLUMNS, METRICS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +66,14 @@ def short_error(exc: BaseException, prefix: str = "") -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
+def output_path(image_id: str, fmt: str) -> str:
+    """Where an image's result goes, relative to the run's output prefix: a pure function of the manifest row
+    (resume depends on it; the metrics' ``output_path``)."""
+    return f"images/{image_id}.{imageio.FORMAT_EXTENSIONS[imageio.canonical_format(fmt)]}"
+
+
 def output_key(output: str, image_id: str, fmt: str) -> str:
-    """Where an image's result goes: a pure function of the manifest row (resume depends on it)."""
-    return storage.join(output, "images", f"{image_id}.{imageio.FORMAT_EXTENSIONS[fmt]}")
+    return storage.join(output, output_path(image_id, fmt))
 
 
 def _obj_column(values: list[Any]) -> np.ndarray:
@@ -121,27 +129,49 @@ def read_input(uri: str, options: storage.StorageOptions) -> bytes:
         raise InputError(short_error(exc)) from exc
 
 
-def write_result(rgb: np.ndarray, key: str, output_format: str, quality: int, options, root: str) -> bytes:
-    """Encode and write under the output ``root``; the bytes written. A write that fails is an
-    :class:`OutputError` (see :func:`storage.write_output`)."""
-    written = imageio.encode_image(rgb, output_format, quality=quality)
-    storage.write_output(key, written, options, root=root)
-    return written
+def write_and_read_back(rgb: np.ndarray, key: str, settings: archival.OutputSettings, record: archival.Derivation,
+                        *, source: bytes, source_format: str | None = None, colour: str | None = None, options,
+                        max_pixels: int, root: str) -> tuple[np.ndarray, archival.Finished]:
+    """The output finished (metadata, provenance, signature: :func:`colorize_core.archival.write_output`) and
+    written under the output ``root``, then the written bytes decoded: metrics score the delivered file, codec
+    included. A write that fails is an :class:`OutputError` (see :func:`storage.write_output`)."""
+    finished = archival.write_output(rgb, key, settings, record, source=source, source_format=source_format,
+                                     colour=colour, options=options, root=root)
+    return imageio.decode_image(finished.data, max_pixels=max_pixels).rgb, finished
 
 
-def write_and_read_back(rgb: np.ndarray, key: str, output_format: str, quality: int, options, max_pixels: int,
-                        root: str) -> np.ndarray:
-    """:func:`write_result`, then the written bytes decoded: scores against a reference are of the delivered
-    file, codec included (JPEG moves SSIM by 0.003-0.018, docs/cost.md)."""
-    written = write_result(rgb, key, output_format, quality, options, root)
-    return imageio.decode_image(written, max_pixels=max_pixels).rgb
+def output_settings(output_format: str, output_depth: str, quality: int, visible_label: bool,
+                    provenance: ProvenanceConfig | None, options) -> archival.OutputSettings:
+    """A compose stage's :class:`~colorize_core.archival.OutputSettings`, its signer loaded in this process
+    (the driver checked it at start-up)."""
+    signer = archival.load_signer(provenance, options)
+    return archival.OutputSettings(output_format, output_depth, quality, visible_label, signer,
+                                   provenance.tsa_url if provenance is not None else None)
 
 
-def read_output(key: str, options: storage.StorageOptions, max_pixels: int) -> imageio.DecodedImage:
-    """An output already written (a resumed run reuses it). Its absence and a file that does not decode are the
-    caller's to judge; any other failure to read it (a folder in the way, no access) is an OutputError."""
+@functools.lru_cache(maxsize=4)
+def _recorded(output: str, shard_id: str, options) -> dict[str, dict[str, Any]]:
     try:
-        return imageio.decode_image(storage.read_bytes(key, options), max_pixels=max_pixels)
+        table = storage.read_parquet_table(metrics_uri(output, shard_id), options)
+    except FileNotFoundError:
+        return {}
+    names = [c for c in ("image_id", "status", *FIXITY_COLUMNS) if c in table.column_names]
+    return {r["image_id"]: r for r in table.select(names).to_pylist() if r.get("status") == errors.OK}
+
+
+def recorded_row(output: str, shard_id: str, image_id: str, options) -> dict[str, Any] | None:
+    """The ok metrics row an earlier run wrote for an image (its shard's file), or None: what a resumed run
+    checks an existing output against (fixity.matches)."""
+    return _recorded(output, str(shard_id), options).get(str(image_id))
+
+
+def read_output(key: str, options: storage.StorageOptions, max_pixels: int) -> tuple[bytes, imageio.DecodedImage]:
+    """An output already written (a resumed run reuses it), as (its bytes, decoded). Its absence and a file that
+    does not decode are the caller's to judge; any other failure to read it (a folder in the way, no access) is
+    an OutputError."""
+    try:
+        data = storage.read_bytes(key, options)
+        return data, imageio.decode_image(data, max_pixels=max_pixels)
     except (FileNotFoundError, imageio.ImageDecodeError, storage.NotRegularFileError, storage.TooLargeError):
         raise
     except Exception as exc:
@@ -218,12 +248,14 @@ class DecodeStage:
         same = (pre.input_size, pre.resize) == (self.preprocessing.input_size, self.preprocessing.resize)
         return "l" if same else l_column(pre)
 
-    def _reusable(self, image_id: str, geometry: tuple[int, int]) -> bool:
-        """An output already at the row's key is reused only if it decodes and has the source's geometry;
-        a truncated or foreign file is colorized again (and overwritten)."""
+    def _reusable(self, image_id: str, geometry: tuple[int, int], source: bytes, shard_id: str) -> bool:
+        """An output already at the row's key is reused only if it decodes, has the source's geometry and, where
+        an earlier run's metrics row records it, hashes to that row's ``output_sha256`` from a source that
+        hashes to its ``source_sha256``; a truncated, foreign or changed file is colorized again (and
+        overwritten)."""
         key = output_key(self.output, image_id, self.output_format)
         try:
-            existing = read_output(key, self.options, self.max_pixels)
+            data, existing = read_output(key, self.options, self.max_pixels)
         except FileNotFoundError:
             return False
         except (imageio.ImageDecodeError, storage.NotRegularFileError, storage.TooLargeError) as exc:
@@ -232,6 +264,13 @@ class DecodeStage:
         if existing.pixels.shape[:2] != tuple(geometry):
             log.warning("redoing %s: the existing output is %dx%d, the source %dx%d", key, existing.width,
                         existing.height, geometry[1], geometry[0])
+            return False
+        row = recorded_row(self.output, shard_id, image_id, self.options) or {}
+        if not fixity.matches(data, row.get("output_sha256")):
+            log.warning("redoing %s: it does not hash to its metrics row (changed since it was written)", key)
+            return False
+        if not fixity.matches(source, row.get("source_sha256")):
+            log.warning("redoing %s: its source changed since it was made", key)
             return False
         return True
 
@@ -258,7 +297,7 @@ class DecodeStage:
                 else:
                     rgb = apply_protocol(imageio.decode_image(data, max_pixels=self.max_pixels).rgb, self.protocol)
                     geometry = rgb.shape[:2]
-                if self.check_existing and self._reusable(image_id, geometry):
+                if self.check_existing and self._reusable(image_id, geometry, data, batch["shard_id"][i]):
                     reuse[i] = True
                 else:
                     l_model[i, 0] = pre.model_l(rgb)
@@ -454,39 +493,66 @@ class ComposeStage:
     saturation: float = 1.0
     model_name: str = ""
     max_pixels: int = imageio.DEFAULT_MAX_PIXELS
+    output_depth: str = "auto"
+    visible_label: bool = False
+    provenance: ProvenanceConfig | None = None  # the signer is loaded in setup(): it never pickles
+    weights_sha256: str | None = None
     # The full-resolution work (compose and scores) in torch on this device (a GPU actor's), else numpy/skimage.
     device: str | None = None
 
     def setup(self) -> None:
-        pass
+        self.settings  # noqa: B018 - the signer is loaded here, so a failure to load it raises from setup()
 
-    def _existing(self, key: str) -> np.ndarray:
-        """The output the decode stage found reusable; gone or unreadable now, it is the output's problem."""
+    @functools.cached_property
+    def settings(self) -> archival.OutputSettings:
+        return output_settings(self.output_format, self.output_depth, self.quality, self.visible_label,
+                               self.provenance, self.options)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "settings"}  # a signer never pickles
+
+    def _existing(self, key: str, rel: str, row: dict[str, Any], source: bytes,
+                  decoded: imageio.DecodedImage) -> tuple[np.ndarray, dict[str, Any]]:
+        """The output the decode stage found reusable and its fixity columns (the earlier row's metadata note
+        where there is one); gone or unreadable now, it is the output's problem."""
         try:
-            return read_output(key, self.options, self.max_pixels).rgb
+            data, existing = read_output(key, self.options, self.max_pixels)
         except (FileNotFoundError, imageio.ImageDecodeError, storage.NotRegularFileError, storage.TooLargeError) as exc:
             raise OutputError(f"cannot read back the existing output {storage.redact_uri(key)} "
                               f"({short_error(exc)}); rerun the same command") from exc
+        earlier = recorded_row(self.output, row["shard_id"], row["image_id"], self.options)
+        note = earlier.get("metadata") if earlier else metadata.summarize(
+            metadata.read_metadata(source).dropped, archival.colour_dropped(decoded.colour))
+        return existing.rgb, {"output_path": rel, "source_sha256": fixity.sha256_hex(source),
+                              "output_sha256": fixity.sha256_hex(data), "output_bytes": len(data), "metadata": note}
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
         image_id = row["image_id"]
         data = row.get("source")  # the bytes the decode stage fetched, where it ran in this process (fused)
         data = data if isinstance(data, bytes) else read_input(row["uri"], self.options)
         source = imageio.decode_image(data, max_pixels=self.max_pixels)
-        key = output_key(self.output, image_id, self.output_format)
+        rel = output_path(image_id, self.output_format)
+        key = storage.join(self.output, rel)
         ref_uri = _text(row.get("reference_uri"))
         colourful = None  # accumulated on the device during the compose
         if row["reuse"]:
-            result = self._existing(key)
+            result, fix = self._existing(key, rel, row, data, source)
         else:
             acc = torchpath.Colourfulness() if self.device else None
             rgb = render.compose(source.pixels, row["ab"], self.preprocessing, saturation=self.saturation,
-                                 is_gray=source.is_gray, device=self.device, scores=acc)
-            written = write_result(rgb, key, self.output_format, self.quality, self.options, self.output)
+                                 is_gray=source.is_gray, depth=self.settings.depth(source.bit_depth),
+                                 device=self.device, scores=acc)
+            record = archival.derivation(storage.redact_uri(row["uri"]), data, self.model_name, self.weights_sha256,
+                                         source.source_format)
+            finished = archival.write_output(rgb, key, self.settings, record, source=data,
+                                             source_format=source.source_format, colour=source.colour,
+                                             options=self.options, root=self.output)
+            fix = finished.columns(rel)
             # Scored from the pixels being encoded, unless a reference needs the delivered file itself.
             has_reference = bool(ref_uri) or not source.is_gray
-            result = imageio.decode_image(written, max_pixels=self.max_pixels).rgb if has_reference else rgb
-            colourful = None if has_reference or acc is None else acc.value()
+            result = imageio.decode_image(finished.data, max_pixels=self.max_pixels).rgb if has_reference else rgb
+            colourful = None if has_reference or acc is None or rgb.dtype != np.uint8 else acc.value()
+        result = imageio.to_uint8(result)  # scores are of 8-bit values, whatever the output's depth
         against = None
         reference = None
         if ref_uri:
@@ -500,7 +566,7 @@ class ComposeStage:
             reference, against = imageio.to_uint8(source.rgb), "input"
         m = metrics.compute_metrics(result, reference) if self.device is None else \
             torchpath.compute_metrics(result, reference, self.device, colourful)
-        return {**m, "width": source.width, "height": source.height, "metrics_against": against}
+        return {**m, "width": source.width, "height": source.height, "metrics_against": against, **fix}
 
     def __call__(self, batch: Batch) -> Batch:
         rows = _metric_rows()
@@ -557,9 +623,13 @@ def _metric_batch(rows: dict[str, list[Any]]) -> Batch:
 GRAY_BASELINE = "gray"
 
 
+def eval_output_path(model: str, image_id: str, fmt: str) -> str:
+    """Where evaluation writes a model's output for an image, relative to its output: images/<model>/<id>.<ext>."""
+    return f"images/{model}/{image_id}.{imageio.FORMAT_EXTENSIONS[imageio.canonical_format(fmt)]}"
+
+
 def eval_output_key(output: str, model: str, image_id: str, fmt: str) -> str:
-    """Where evaluation writes a model's output for an image: images/<model>/<image_id>.<ext>."""
-    return storage.join(output, "images", model, f"{image_id}.{imageio.FORMAT_EXTENSIONS[fmt]}")
+    return storage.join(output, eval_output_path(model, image_id, fmt))
 
 
 @dataclass(frozen=True)
@@ -572,6 +642,8 @@ class ScoredModel:
     ab_column: str | None = None
     seconds_column: str | None = None
     preprocessing: Preprocessing = Preprocessing((1, 1))
+    name: str | None = None  # the model's name and weights' sha256, as its outputs' provenance records them
+    weights_sha256: str | None = None
 
 
 @dataclass
@@ -588,24 +660,40 @@ class EvalComposeStage:
     output_format: str = "png"
     quality: int = 95
     max_pixels: int = imageio.DEFAULT_MAX_PIXELS
+    provenance: ProvenanceConfig | None = None
 
     def setup(self) -> None:
-        pass
+        self.settings  # noqa: B018 - the signer is loaded here, so a failure to load it raises from setup()
 
-    def _reference(self, uri: str) -> np.ndarray:
-        source = imageio.decode_image(read_input(uri, self.options), max_pixels=self.max_pixels)
+    @functools.cached_property
+    def settings(self) -> archival.OutputSettings:
+        # Evaluation outputs are 8-bit (scored against the 8-bit reference) and never labelled.
+        return output_settings(self.output_format, "8", self.quality, False, self.provenance, self.options)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "settings"}  # a signer never pickles
+
+    def _reference(self, uri: str) -> tuple[bytes, imageio.DecodedImage, np.ndarray]:
+        data = read_input(uri, self.options)
+        source = imageio.decode_image(data, max_pixels=self.max_pixels)
         if source.is_gray:
             raise InputError("not a colour image: a held-out set needs colour originals to score against")
-        return apply_protocol(source.rgb, self.protocol)
+        return data, source, apply_protocol(source.rgb, self.protocol)
 
-    def _score(self, model: ScoredModel, row: dict[str, Any], reference: np.ndarray) -> dict[str, Any]:
+    def _score(self, model: ScoredModel, row: dict[str, Any], original: tuple) -> dict[str, Any]:
+        data, source, reference = original
         ab = row[model.ab_column] if model.ab_column else np.zeros((2, 1, 1), np.float32)
-        key = eval_output_key(self.output, model.label, row["image_id"], self.output_format)
+        rel = eval_output_path(model.label, row["image_id"], self.output_format)
         rgb = render.compose(reference, ab, model.preprocessing)
-        result = write_and_read_back(rgb, key, self.output_format, self.quality, self.options, self.max_pixels,
-                                     self.output)
+        name = model.name or (f"{model.label} (baseline: ab = 0)" if model.ab_column is None else model.label)
+        record = archival.derivation(storage.redact_uri(row["uri"]), data, name, model.weights_sha256,
+                                     source.source_format)
+        result, finished = write_and_read_back(rgb, storage.join(self.output, rel), self.settings, record,
+                                               source=data, source_format=source.source_format,
+                                               colour=source.colour, options=self.options,
+                                               max_pixels=self.max_pixels, root=self.output)
         return {**metrics.compute_metrics(result, reference), "width": reference.shape[1],
-                "height": reference.shape[0], "metrics_against": "input"}
+                "height": reference.shape[0], "metrics_against": "input", **finished.columns(rel)}
 
     def __call__(self, batch: Batch) -> Batch:
         rows = _metric_rows()

@@ -85,6 +85,9 @@ class TrainConfig(BaseModel):
     freeze_encoder: bool = Field(False, description="Models with a pretrained encoder (effnet_unet): train "
                                  "the decoder only, encoder weights and BatchNorm statistics fixed. A first "
                                  "phase; a resumed run with false fine-tunes everything.")
+    freeze_backbone: bool = Field(False, description="Models that add hint layers to a trained network "
+                                  "(effnet_guided): train only those layers (names starting with 'hint_'); "
+                                  "the network's weights and BatchNorm statistics stay as initialised.")
     gan_mode: Literal["bce", "lsgan"] = Field("bce", description="pix2pix adversarial loss: BCE-with-logits "
                                               "(paper) or least squares (more stable on tiny sets).")
     l1_lambda: float = Field(100.0, ge=0, description="pix2pix weight of the L1 term (paper: 100).")
@@ -266,6 +269,10 @@ def build_model(cfg: TrainConfig, *, resuming: bool = False) -> torch.nn.Module:
         if not hasattr(model, "freeze_encoder"):
             raise UserError(f"{cfg.architecture!r} has no encoder to freeze")
         model.freeze_encoder(True)
+    if cfg.freeze_backbone:
+        if not hasattr(model, "freeze_backbone"):
+            raise UserError(f"{cfg.architecture!r} has no hint layers to train alone (freeze_backbone)")
+        model.freeze_backbone(True)
     return model
 
 
@@ -423,6 +430,7 @@ def save(cfg: TrainConfig, net: torch.nn.Module, state: training.TrainState, rec
                   "init_weights": cfg.init_weights, "batch_size": cfg.batch_size, "lr_scales": cfg.lr_scales,
                   "num_workers": cfg.num_workers, "torch_threads": cfg.torch_threads or math.ceil(cfg.cpus_per_worker),
                   "seed": cfg.seed, "freeze_encoder": cfg.freeze_encoder,
+                  "freeze_backbone": cfg.freeze_backbone,
                   "ema_decay": cfg.ema_decay,
                   "encoder_weights": cfg.encoder_weights,
                   **({"rebalance_mix": cfg.rebalance_mix, "rebalance_power": cfg.rebalance_power}

@@ -24,7 +24,7 @@ from colorize_core import imageio, storage
 from colorize_core.config import ColorizeConfig
 from colorize_core.models.checkpoint import save_checkpoint
 from colorize_core.models.registry import get_entry
-from colorize_core.schema import METRICS_SCHEMA
+from colorize_core.schema import FIXITY_COLUMNS, METRICS_SCHEMA
 from tests import jobkit
 
 # The model every review test runs. Until the bundled model that takes hints lands, SIGGRAPH17's architecture
@@ -142,7 +142,8 @@ def synthetic_run(root: Path, n: int, shards: int, model: str, weights_sha256: s
                "width": rng.integers(500, 4000, n), "height": rng.integers(500, 4000, n),
                "psnr": [None if np.isnan(v) else float(v) for v in psnr], "ssim": rng.random(n),
                "rmse": rng.random(n) * 30, "colorfulness": rng.random(n) * 50, "deltae2000": rng.random(n) * 20,
-               "seconds": rng.random(n), "metrics_against": ["input"] * n}
+               "seconds": rng.random(n), "metrics_against": ["input"] * n,
+               **{c: [None] * n for c in FIXITY_COLUMNS}}
     table = pa.table(columns, schema=METRICS_SCHEMA)
     step = -(-n // shards)
     for s in range(shards):

@@ -117,7 +117,7 @@ def test_local_run_layout_metrics_and_bad_input(ray_cluster, tmp_path):
     _check_outputs(cfg, rows, expected_ok, options)
 
 
-def test_s3_run_and_no_secret_leaks(ray_cluster, s3_server, s3_prefix, capfd):
+def test_s3_run_and_no_secret_leaks(ray_cluster, s3_server, s3_prefix, capfd, monkeypatch):
     options = s3_server.options
     rows, expected_ok = _mixed_inputs(s3_prefix, options)
     rows = [r for r in rows if not r["image_id"].startswith("awk_")][:6] + [rows[-1]]
@@ -137,6 +137,20 @@ def test_s3_run_and_no_secret_leaks(ray_cluster, s3_server, s3_prefix, capfd):
         assert secret not in written
         assert secret not in captured.out + captured.err
     assert json.loads(config_json)["storage"]["secret_access_key"] == "***"
+
+    # Fixity on S3: `colorize verify` re-hashes the objects; a deleted one is reported, the bag lands beside.
+    from colorize_core import cli
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["verify", "--output", output]) == 0
+    ok = sorted(r["output_path"] for r in jobkit.read_metrics(output, options).to_pylist() if r["status"] == "ok")
+    storage.remove(storage.join(output, ok[0]), options)
+    assert cli.main(["verify", "--output", output, "--bagit"]) == 1
+    said = capfd.readouterr().out
+    assert f"missing: {ok[0]}" in said and f"{len(ok)} outputs checked: 1 missing, 0 changed" in said
+    bag = storage.read_bytes(storage.join(output, "manifest-sha256.txt"), options).decode().splitlines()
+    assert sorted(line.split("  ", 1)[1] for line in bag) == ok
 
 
 def test_manifest_errors_fail_fast(tmp_path):

@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-from colorize_core import color, metrics, render, storage
+from colorize_core import color, fixity, metrics, provenance, render, storage
 from colorize_core import evaluate as ev
-from colorize_core.config import load_yaml
+from colorize_core.config import ProvenanceConfig, load_yaml
+from colorize_core.metadata import DIGITAL_SOURCE_TYPE
 from colorize_core.errors import UserError
 from colorize_core.launch import EXIT_FAILED, EXIT_OK
 from colorize_core.models import load_model
@@ -28,7 +29,7 @@ from colorize_core.models.preprocess import Preprocessing
 from colorize_core.models.registry import get_entry
 from colorize_core.ray_adapter import plan_resources
 from colorize_core.stages import DecodeStage, EvalComposeStage, InferenceStage, ScoredModel, apply_protocol
-from tests import jobkit
+from tests import c2pacerts, jobkit
 from tests.cdp import FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,13 +187,24 @@ def test_stages_chain_two_input_sizes_on_plain_dicts(tmp_path):
     assert "l" in batch and "l_64x64_lanczos" not in batch
     assert batch["ab_small"].shape == (2, 2, 48, 48) and batch["ab_big"].shape == (2, 2, 64, 64)
     models = (ScoredModel("gray"), ScoredModel("small", "ab_small", "seconds_small", small_pre),
-              ScoredModel("big", "ab_big", "seconds_big", big_pre))
-    out = EvalComposeStage(options, str(tmp_path / "out"), models)(batch)
+              ScoredModel("big", "ab_big", "seconds_big", big_pre, "unet", "f" * 64))
+    ca = c2pacerts.root_ca()
+    leaf = c2pacerts.leaf(ca)
+    (tmp_path / "chain.pem").write_bytes(leaf.cert_pem + ca.cert_pem)
+    (tmp_path / "key.pem").write_bytes(leaf.key_pem)
+    signing = ProvenanceConfig(cert=str(tmp_path / "chain.pem"), key=str(tmp_path / "key.pem"))
+    out = EvalComposeStage(options, str(tmp_path / "out"), models, provenance=signing)(batch)
     assert list(out["model"]) == ["gray", "small", "big"] * 2
     assert list(out["status"]) == ["ok"] * 3 + ["error"] * 3
     assert np.isfinite(out["psnr"][:3]).all()
-    written = jobkit.decode(str(tmp_path / "out" / "images" / "big" / "a.png"))
+    data = (tmp_path / "out" / "images" / "big" / "a.png").read_bytes()
+    written = jobkit.decode_bytes(data)
     np.testing.assert_array_equal(written, render.compose(source, batch["ab_big"][0], big_pre))  # the one compose
+    # The evaluation's images are archival outputs too: provenance XMP, C2PA, hashes in the metrics.
+    assert DIGITAL_SOURCE_TYPE.encode() in data and b"sha256:" + b"f" * 64 in data
+    assert provenance.read_manifest(data, "png", ca.cert_pem)[0] == "Trusted"
+    assert out["output_path"][2] == "images/big/a.png" and out["output_sha256"][2] == fixity.sha256_hex(data)
+    assert out["output_path"][3] is None and out["output_bytes"][3] == -1  # the error rows: none
 
 
 def _guided_checkpoint(uri: str, seed: int = 0) -> str:

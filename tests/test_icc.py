@@ -146,3 +146,26 @@ def test_parse_profile_reasons_are_one_line():
     with pytest.raises(icc.ProfileError) as err:
         icc.parse_profile(b"\0" * 200)
     assert "\n" not in str(err.value) and "acsp" in str(err.value)
+
+
+@pytest.mark.parametrize("mode, make", [("L", iccfixtures.dot_gain20), ("RGB", iccfixtures.adobe_rgb)])
+def test_the_models_reduced_decode_applies_the_profile_as_the_full_decode(mode, make):
+    """render.decode_reduced (the model's L, JPEG draft mode) manages colour as imageio.decode_image does, so the
+    model and the compose see the same L."""
+    from colorize_core import render
+    from colorize_core.models.preprocess import Preprocessing
+
+    rng = np.random.default_rng(0)
+    base = np.repeat(np.repeat(rng.integers(0, 256, (8, 12), dtype=np.uint8), 32, 0), 32, 1)  # 256x384, in blocks
+    pixels = base if mode == "L" else np.stack([base, base[::-1], base[:, ::-1]], -1)
+    pre = Preprocessing((32, 32))
+    ls = {}
+    for tagged in (True, False):
+        buf = io.BytesIO()
+        Image.fromarray(pixels, mode).save(buf, "JPEG", quality=95, **({"icc_profile": make()} if tagged else {}))
+        reduced, _ = render.decode_reduced(buf.getvalue(), pre.input_size, imageio.DEFAULT_MAX_PIXELS)
+        ls[tagged] = pre.model_l(reduced), pre.model_l(imageio.decode_image(buf.getvalue()).rgb)
+    # DCT-scaled vs full decode: with the profile as close as without it (what draft mode costs anyway).
+    draft = {t: float(np.abs(ls[t][0] - ls[t][1]).mean()) for t in ls}
+    assert draft[True] < 1.5 * draft[False] + 0.2, draft
+    assert np.abs(ls[True][0] - ls[False][0]).mean() > 2 * draft[True], draft  # the profile changes the L

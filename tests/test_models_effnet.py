@@ -171,35 +171,68 @@ def test_preprocessing_round_trips_and_feeds_cli_and_validation_alike():
 # --------------------------------------------------------------------------- the bundled default model
 
 
-def test_bundled_effnet_unet_is_the_default_and_loads_offline_with_verified_sha256(monkeypatch):
-    from colorize_core.config import ColorizeConfig
+@pytest.mark.parametrize("name", ["effnet_unet", "effnet_guided"])
+def test_bundled_weights_load_offline_with_verified_sha256(monkeypatch, name):
     from colorize_core.models import weights as weights_mod
     from colorize_core.models.checkpoint import checkpoint_preprocessing
-    from colorize_core.models.zoo import EFFNET_UNET_DIR
+    from colorize_core.models.zoo import ASSETS
 
-    entry = get_entry("effnet_unet")
+    entry = get_entry(name)
     if "bundled" not in entry.weights:
-        pytest.fail("the effnet_unet entry has no bundled weights (colorize_core/assets/effnet_unet/)")
+        pytest.fail(f"the {name} entry has no bundled weights (colorize_core/assets/{name}/)")
     spec = entry.weights["bundled"]
     path = Path(spec.uri)
-    assert path.is_file() and path.parent == EFFNET_UNET_DIR and path.stat().st_size == spec.num_bytes
+    assert path.is_file() and path.parent == ASSETS / name and path.stat().st_size == spec.num_bytes
     assert path.stat().st_size <= 25 * 2 ** 20
     assert weights_mod.sha256_file(path) == spec.sha256 and len(spec.sha256) == 64
     assert entry.default_weights == "bundled"
-    meta = read_checkpoint_meta(str(EFFNET_UNET_DIR))
-    assert meta["architecture"] == "effnet_unet" and spec.preprocessing == checkpoint_preprocessing(meta)
+    meta = read_checkpoint_meta(str(ASSETS / name))
+    assert meta["architecture"] == name and spec.preprocessing == checkpoint_preprocessing(meta)
     assert spec.arguments == meta["arguments"]  # the architecture travels with the weights
     assert {"trained_on", "psnr", "gray_psnr"} <= set(spec.meta)
-    assert ColorizeConfig.model_fields["model"].default == "effnet_unet"
     calls = []
     real = weights_mod.sha256_file
     monkeypatch.setattr(weights_mod, "sha256_file", lambda p: calls.append(p) or real(p))
     monkeypatch.setattr(weights_mod, "_download", lambda *a: pytest.fail("must not download"))
-    model, info = load_model("effnet_unet")
+    model, info = load_model(name)
     assert calls and info.weights == "bundled" and not model.training
     widths = meta["arguments"].get("decoder_channels", EffNetUNetColorizer().decoder_widths)
     assert [up.conv[0].out_channels for up in model.decoder] == list(widths)
     assert info.preprocessing == spec.preprocessing
+
+
+def test_the_default_model_is_the_bundled_one_that_takes_hints():
+    from colorize_core.config import ColorizeConfig
+    from colorize_core.models.registry import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == "effnet_guided" and ColorizeConfig.model_fields["model"].default == DEFAULT_MODEL
+    entry = get_entry(DEFAULT_MODEL)
+    assert entry.accepts_hints and entry.default_weights == "bundled"
+    assert entry.weights["bundled"].meta["hints10_psnr"] >= entry.weights["bundled"].meta["psnr"] + 2
+
+
+def test_bundled_effnet_guided_is_effnet_unet_without_hints_and_follows_a_few_hints():
+    """chelsea is held out: no hints gives effnet_unet's pixels exactly; 10 hints sampled from the original
+    (the evaluate job's sampler) raise PSNR clearly, and the colour at a hint moves toward the hinted one."""
+    from skimage import data
+
+    from colorize_core import color, metrics, render
+    from colorize_core.hints import sample_hints
+
+    guided, info = load_model("effnet_guided")
+    plain, _ = load_model("effnet_unet")
+    rgb = data.chelsea()
+    alone = render.colorize(guided, [rgb], info.preprocessing)[0]
+    np.testing.assert_array_equal(alone, render.colorize(plain, [rgb], info.preprocessing)[0])
+    hints = sample_hints(rgb, 10, "chelsea", size=info.preprocessing.input_size, radius=2)
+    hinted = render.colorize(guided, [rgb], info.preprocessing, hints=[hints])[0]
+    assert metrics.psnr(hinted, rgb) > metrics.psnr(alone, rgb) + 1.0
+    # One strong hint far from the image's colours: the pixels around it take that colour.
+    h, w = rgb.shape[:2]
+    one = [{"x": 0.5, "y": 0.5, "a": -40.0, "b": 40.0}]
+    green = color.srgb_to_lab(render.colorize(guided, [rgb], info.preprocessing, hints=[one])[0])
+    ab = green[h // 2 - 2:h // 2 + 3, w // 2 - 2:w // 2 + 3, 1:].reshape(-1, 2).mean(axis=0)
+    assert ab[0] < -20 and ab[1] > 20, ab
 
 
 def test_bundled_effnet_unet_beats_gray_on_a_held_out_photo():

@@ -41,7 +41,7 @@ def test_blocks_have_the_declared_schema_whatever_the_values():
 
     metric_nulls = {f.name: _obj([None] * n) for f in METRIC_BATCH_SCHEMA if pa.types.is_string(f.type)}
     metric_nulls.update({f.name: np.full(n, np.nan) for f in METRIC_BATCH_SCHEMA if pa.types.is_float64(f.type)})
-    metric_nulls.update({"width": np.full(n, -1), "height": np.full(n, -1)})
+    metric_nulls.update({f.name: np.full(n, -1) for f in METRIC_BATCH_SCHEMA if pa.types.is_int64(f.type)})
     assert dict(zip(to_block(metric_nulls).schema.names, to_block(metric_nulls).schema.types)) == {
         f.name: f.type for f in METRIC_BATCH_SCHEMA}
 

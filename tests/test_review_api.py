@@ -22,7 +22,7 @@ from colorize_core import color, storage
 from colorize_core import manifest as manifest_mod
 from colorize_core.review import records as records_mod
 from colorize_core.review.server import PREVIEWER
-from colorize_core.schema import METRICS_SCHEMA
+from colorize_core.schema import FIXITY_COLUMNS, METRICS_SCHEMA
 from tests import jobkit, reviewkit
 
 HINT = {"x": 0.5, "y": 0.5, "a": 60.0, "b": 45.0}
@@ -347,7 +347,8 @@ def test_a_run_changed_on_disk_is_read_again(tmp_path):
     assert records.page(records_mod.ImageQuery())["total"] == 20
     extra = pa.table({"image_id": ["new/one"], "status": ["ok"], "error": [None], "model": ["m"], "width": [1],
                       "height": [1], "psnr": [None], "ssim": [None], "rmse": [None], "colorfulness": [3.0],
-                      "deltae2000": [None], "seconds": [0.1], "metrics_against": [None]}, schema=METRICS_SCHEMA)
+                      "deltae2000": [None], "seconds": [0.1], "metrics_against": [None],
+                      **{c: [None] for c in FIXITY_COLUMNS}}, schema=METRICS_SCHEMA)
     pq.write_table(extra, Path(output) / "metrics" / "later.parquet")
     assert records.page(records_mod.ImageQuery())["total"] == 21
     assert records.row("new/one")["colorfulness"] == 3.0

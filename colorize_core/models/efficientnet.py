@@ -106,14 +106,9 @@ class EfficientNetLite0(nn.Module):
             self._bn1 = _bn(1280)
             self._fc = nn.Linear(1280, num_classes)
 
-    def features(self, x: torch.Tensor, stem_add: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Activations at strides 2, 4, 8, 16, 32 (``FEATURE_CHANNELS``); ``x`` already normalised.
-        ``stem_add`` [B,32,H/2,W/2] is added to the stem convolution's output before its BatchNorm: the
-        way extra input channels (colour hints) enter without changing the pretrained RGB filters."""
-        x = self._conv_stem(x)
-        if stem_add is not None:
-            x = x + stem_add
-        x = F.relu6(self._bn0(x))
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Activations at strides 2, 4, 8, 16, 32 (``FEATURE_CHANNELS``); ``x`` already normalised."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
         out = []
         for i, block in enumerate(self._blocks):
             x = block(x)

@@ -85,19 +85,15 @@ class EffNetUNetColorizer(nn.Module):
         check_l(l, multiple=32, name="effnet_unet")
         return self._colorize(l)
 
-    def _colorize(self, l: torch.Tensor, stem_add: torch.Tensor | None = None,
-                  merge_adds: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """The one forward path; ``stem_add`` / ``merge_adds`` (one per decoder merge) are what a subclass
-        adds to the stem convolution's and each merge's output (the guided model's hint features)."""
+    def _colorize(self, l: torch.Tensor) -> torch.Tensor:
+        """The one forward path (the guided model adds its hints after it)."""
         x = normalize(l_to_gray_rgb255(l)).expand(-1, 3, -1, -1)
         if not self.training:  # oneDNN's depthwise convolutions run faster on NHWC at inference
             x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.encoder.features(x, stem_add)
+        feats = self.encoder.features(x)
         y = feats[-1]
-        for i, (up, skip) in enumerate(zip(self.decoder, feats[-2::-1])):
+        for up, skip in zip(self.decoder, feats[-2::-1]):
             y = up(y, skip)
-            if merge_adds is not None:
-                y = y + merge_adds[i]
         ab = torch.tanh(self.head(y)) * AB_NORM
         ab = F.interpolate(ab, size=l.shape[-2:], mode="bilinear", align_corners=False)
         return ab.contiguous()

@@ -49,7 +49,7 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 # The model every job and command uses when none is named (bundled weights, runs offline).
-DEFAULT_MODEL = "effnet_unet"
+DEFAULT_MODEL = "effnet_guided"
 
 
 def register_model(entry: ModelEntry) -> ModelEntry:

@@ -186,10 +186,11 @@ EFFNET_UNET = register_model(
     )
 )
 
-# Produced by configs/train-effnet_guided.yaml (fine-tuned from the bundled effnet_unet).
+# Produced by configs/train-effnet_guided.yaml (the bundled effnet_unet, frozen, plus its trained hint
+# propagation).
 EFFNET_GUIDED_DIR = ASSETS / "effnet_guided"
-EFFNET_GUIDED_SHA256 = ""
-EFFNET_GUIDED_NUM_BYTES = 0
+EFFNET_GUIDED_SHA256 = "a17f07bc0c2e025a381c00578cc8b8ae232693eff0ef6ae241a62f8085d70fa7"
+EFFNET_GUIDED_NUM_BYTES = 14_045_777
 _EFFNET_GUIDED_WEIGHTS = bundled_weights("effnet_guided", EFFNET_GUIDED_SHA256, EFFNET_GUIDED_NUM_BYTES,
                                          _EFFNET_LICENSE)
 
@@ -197,10 +198,10 @@ EFFNET_GUIDED = register_model(
     ModelEntry(
         name="effnet_guided",
         builder=GuidedEffNetUNet,
-        num_params=3_546_082,
-        description="effnet_unet taking SIGGRAPH17 colour hints (ab + mask at the model's size) through "
-                    "zero-initialised layers at the encoder's stem and the decoder's merges (the hints as "
-                    "placed and spread by normalised Gaussian convolutions); automatic without hints.",
+        num_params=3_447_877,
+        description="effnet_unet taking SIGGRAPH17 colour hints (ab + mask at the model's size): each hint's "
+                    "correction spreads edge-aware (by distance and lightness, trained scales) over the "
+                    "network's prediction; without hints exactly effnet_unet. Bundled weights: the default.",
         paper="Zhang, Zhu, Isola, Geng, Lin, Yu, Efros. Real-Time User-Guided Image Colorization with Learned "
               "Deep Priors. SIGGRAPH 2017 (input convention and hint simulation); encoder as effnet_unet.",
         weights=_EFFNET_GUIDED_WEIGHTS,
