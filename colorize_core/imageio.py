@@ -407,12 +407,27 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
             im, note = icc_mod.cmyk_to_srgb(im, profile)
         pixels, is_gray = _to_pixels(im)
     bits = 16 if source_mode in _GRAY16_MODES or (source_mode == "I" and pixels.dtype == np.uint16) else 8
-    if note is None and not profile:
-        note = "no ICC profile: read as sRGB"
-    elif note is None:
-        pixels, is_gray, note = manage_colour(pixels, is_gray, profile, gray_source=source_mode in _GRAY_MODES)
+    if note is None:
+        pixels, is_gray, note = managed_pixels(pixels, profile, gray_source=source_mode in _GRAY_MODES,
+                                               is_gray=is_gray)
     return DecodedImage(pixels, source_mode=source_mode, source_format=fmt, is_gray=is_gray, bit_depth=bits,
                         colour=note)
+
+
+def managed_pixels(pixels: np.ndarray, profile: bytes | None, *, gray_source: bool,
+                   is_gray: bool | None = None) -> tuple[np.ndarray, bool, str]:
+    """Decoded pixels (gray ``[H, W]`` or ``[H, W, 3]``) brought from their embedded profile to sRGB
+    (:func:`icc.apply_profile`): (pixels, is_gray, the note). Profiles work on ``[H, W, 3]``; a gray source
+    whose result is gray goes back to one channel."""
+    if not profile:
+        return pixels, bool(gray_source if is_gray is None else is_gray), "no ICC profile: read as sRGB"
+    rgb = pixels if pixels.ndim == 3 else _gray3(pixels)
+    is_gray = (gray_source or channels_equal(rgb)) if is_gray is None else is_gray
+    managed = icc_mod.apply_profile(rgb, is_gray, profile, gray_source=gray_source)
+    out = managed.rgb
+    if out.ndim == 3 and gray_source and managed.is_gray:
+        out = np.ascontiguousarray(out[..., 0])
+    return out, managed.is_gray, managed.note
 
 
 def _to_pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
@@ -543,20 +558,6 @@ def _finish16(arr: np.ndarray, orientation: int, fmt: str, *, premultiplied: boo
     managed = icc_mod.apply_profile(rgb, channels_equal(rgb), profile, gray_source=False)
     return DecodedImage(managed.rgb, source_mode=mode, source_format=fmt, is_gray=managed.is_gray,
                         bit_depth=16, colour=managed.note)
-
-
-def manage_colour(pixels: np.ndarray, is_gray: bool, profile: bytes | None, *,
-                  gray_source: bool) -> tuple[np.ndarray, bool, str]:
-    """Decoded pixels ([H, W] gray or [H, W, 3]) brought from their embedded ICC ``profile`` to sRGB
-    (:func:`colorize_core.icc.apply_profile`): (pixels, is_gray, what was done). Profiles work on [H, W, 3]; a
-    gray source whose result is gray goes back to one channel. Both decodes (this module's and
-    :func:`colorize_core.render.decode_reduced`) use it, so the model sees the L the compose keeps."""
-    managed = icc_mod.apply_profile(pixels if pixels.ndim == 3 else _gray3(pixels), is_gray, profile,
-                                    gray_source=gray_source)
-    out = managed.rgb
-    if out.ndim == 3 and gray_source and managed.is_gray:
-        out = np.ascontiguousarray(out[..., 0])
-    return out, managed.is_gray, managed.note
 
 
 # --------------------------------------------------------------------------- helpers

@@ -53,6 +53,10 @@ DRAFT_OVERSAMPLE = 2
 # few cache-sized float32 planes, whatever the image size.
 COMPOSE_CHUNK_PIXELS = 1 << 16
 
+# 8-bit gray to 8 bits through graytable's table (ab at whole units: 48-52 dB of the float64 reference at
+# 0.14-0.27x the cost); False takes the float32 path (within 1 code), as phase 1 did: the bench's "before".
+GRAY_TABLE = True
+
 # torch's bicubic kernel (upsample_bicubic2d): Keys' cubic convolution with a = -0.75.
 _CUBIC_A = -0.75
 
@@ -85,12 +89,10 @@ def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple
                 except Exception:  # noqa: BLE001 - as imageio.decode_image: bad EXIF must not cost pixels
                     pass
                 arr = np.asarray(im)
-                profile = im.info.get("icc_profile")
-                if profile and arr.shape[:2]:
-                    gray_source = arr.ndim == 2
-                    arr = imageio.manage_colour(arr, gray_source or imageio.channels_equal(arr), profile,
-                                                gray_source=gray_source)[0]
                 if arr.shape[:2] and (arr.ndim == 2 or arr.shape[2] == 3):
+                    profile = im.info.get("icc_profile")
+                    if profile:
+                        arr = imageio.managed_pixels(arr, profile, gray_source=im.mode == "L")[0]
                     return arr, full
     except Exception:  # noqa: BLE001 - the full decode below gives the row its reason
         pass
@@ -178,7 +180,8 @@ def _gray8(source: np.ndarray, is_gray: bool) -> np.ndarray | None:
 
 
 def compose(source: np.ndarray, ab_model: np.ndarray, pre: Preprocessing, *, saturation: float = 1.0,
-            is_gray: bool = False, depth: int = 8) -> np.ndarray:
+            is_gray: bool = False, depth: int = 8, device: str | None = None,
+            scores: torchpath.Colourfulness | None = None) -> np.ndarray:
     """The decoded source (gray ``[H,W]`` or RGB ``[H,W,3]``, uint8 or uint16) + model-size ab [2,h,w] -> sRGB
     [H,W,3] at ``depth`` bits (uint8 or uint16).
 
@@ -191,7 +194,12 @@ def compose(source: np.ndarray, ab_model: np.ndarray, pre: Preprocessing, *, sat
     table gather per pixel, no float per pixel; the result is then the ``[H,W,3]`` view of RGBX words
     (:func:`graytable.rgb_view`), which :func:`imageio.encode_image` encodes without a copy. Everything else
     goes in one float32 pass over bands of rows (separable upsampling: across once at model height, then down
-    per band, the same weights as torch's)."""
+    per band, the same weights as torch's).
+
+    ``device`` (a GPU actor's, or ``"cpu"``) does the whole full-resolution pass in torch there instead
+    (:func:`torchpath.compose`: the same upsampling, color.py's Lab -> sRGB with the sRGB curve by pow, ~98 dB
+    of the float64 reference), in large bands; ``scores`` (a :class:`torchpath.Colourfulness`) then sees each
+    band on the device. Only the finished image comes back to the host."""
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {DEPTHS}, got {depth!r}")
     if not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] == 3)):
@@ -199,7 +207,14 @@ def compose(source: np.ndarray, ab_model: np.ndarray, pre: Preprocessing, *, sat
     ab_model = np.asarray(ab_model)
     if ab_model.ndim != 3 or ab_model.shape[0] != 2:
         raise ValueError(f"compose expects ab as [2,h,w], got shape {ab_model.shape}")
-    plane = _gray8(source, is_gray)
+    if device is not None:
+        gray_plane = source[..., 0] if source.ndim == 3 and is_gray else source  # one channel to the device
+        band = torchpath.DEVICE_BAND_PIXELS if torch.device(device).type == "cuda" else torchpath.DEFAULT_BAND_PIXELS
+        return torchpath.compose(np.ascontiguousarray(gray_plane), ab_model, mode=pre.ab_upsample, bits=depth,
+                                 saturation=saturation, device=device, band_pixels=band, scores=scores)
+    if scores is not None:
+        raise ValueError("scores are accumulated on a device: pass device")
+    plane = _gray8(source, is_gray) if GRAY_TABLE else None
     if plane is not None and depth == 8:
         return graytable.rgb_view(graytable.compose_gray8(plane, ab_model, mode=pre.ab_upsample,
                                                           saturation=saturation))

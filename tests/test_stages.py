@@ -162,3 +162,19 @@ def test_a_source_of_a_scheme_we_do_not_read_is_that_rows_error(tmp_path):
     batch = {"image_id": _obj(["a"]), "uri": _obj(["gs://bucket/a.jpg"]), "shard_id": _obj(["s0"])}
     out = DecodeStage(storage.StorageOptions(), str(tmp_path / "out"), "jpeg", Preprocessing((8, 8)))(batch)
     assert out["status"][0] == "error" and "unsupported URI scheme" in out["error"][0]
+
+
+def test_compose_stage_on_a_device_scores_as_the_host_path(inputs):
+    """device='cpu' runs the GPU actor's code (compose and scores in torch) here: the same rows, within the
+    difference of the two Lab -> sRGB kernels (pow vs table)."""
+    batch, tmp_path = inputs
+    opts = storage.StorageOptions()
+    pre = Preprocessing((32, 32))
+    decoded = DecodeStage(opts, str(tmp_path / "out"), "jpeg", pre, keep_source=True)(batch)
+    assert isinstance(decoded["source"][0], bytes) and decoded["source"][4] is None  # the missing one
+    decoded["ab"] = np.random.default_rng(1).normal(0, 10, (5, 2, 32, 32)).astype(np.float32)
+    host = ComposeStage(opts, str(tmp_path / "host"), pre, model_name="m")(decoded)
+    device = ComposeStage(opts, str(tmp_path / "device"), pre, model_name="m", device="cpu")(decoded)
+    assert list(device["status"]) == list(host["status"]) == ["ok", "ok", "error", "error", "error"]
+    for name in ("psnr", "ssim", "colorfulness"):
+        np.testing.assert_allclose(device[name][:2], host[name][:2], rtol=0.02, err_msg=name)
