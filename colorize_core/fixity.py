@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import storage
+from . import runstate, storage
 from .errors import OK, UserError
 
 __all__ = ["Expected", "Report", "matches", "sha256_hex", "verify", "write_bagit"]
@@ -81,7 +81,7 @@ def _fallback_extension(output: str, options) -> str | None:
 
 def expected_outputs(output: str, options: storage.StorageOptions | None = None) -> tuple[list[Expected], int]:
     """(every output the run's metrics record with a hash, the number of ok rows without one)."""
-    files = storage.list_files(storage.join(output, "metrics"), options, suffix=".parquet")
+    files = list(runstate.metrics_listing(output, options))  # oldest first: an image's newest row is the one kept
     if not files:
         raise UserError(f"no metrics under {storage.redact_uri(output)}/metrics: not a run's output prefix")
     expected: dict[str, Expected] = {}
