@@ -48,9 +48,9 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.throughput import cpu_description  # noqa: E402
-from colorize_core import color, graytable, imageio, metrics, torchpath  # noqa: E402
+from colorize_core import color, graytable, imageio, metrics, render, torchpath  # noqa: E402
+from colorize_core.models.preprocess import Preprocessing  # noqa: E402
 from colorize_core.models import load_model  # noqa: E402
-from colorize_core.stages import compose_image, model_input_l  # noqa: E402
 
 BAND = 1 << 16  # pixels per band, as the job's compose
 
@@ -82,7 +82,7 @@ def make_input(size: tuple[int, int]) -> tuple[np.ndarray, bytes, np.ndarray]:
     Image.fromarray(gray).save(buf, "JPEG", quality=85)
     module, info = load_model("compact")
     with torch.no_grad():
-        l_model = model_input_l(np.repeat(gray[..., None], 3, -1), info.input_size)
+        l_model = info.preprocessing.model_l(gray)
         ab = module.eval()(torch.from_numpy(l_model)[None, None])[0].numpy()
     return gray, buf.getvalue(), ab
 
@@ -109,17 +109,15 @@ def up_torch_banded(ab, size, mode="bilinear"):
 
 
 def up_job_today(ab, size):
-    """stages._compose_rows's upsampling: across by interpolate once, down by index_select + lerp per band."""
-    from colorize_core.stages import _bilinear_weights
-
+    """render.compose's float upsampling: across by interpolate once, down by index_select + weights per band."""
     height, width = size
     t = torch.from_numpy(np.array(ab, np.float32))
     ab_x = F.interpolate(t[None], size=(t.shape[-2], width), mode="bilinear", align_corners=False)[0]
-    y0, y1, wy = (torch.from_numpy(v) for v in _bilinear_weights(height, t.shape[-2]))
+    idx, w = (torch.from_numpy(v) for v in render.axis_weights(height, t.shape[-2], "bilinear"))
     out = np.empty((2, *size), np.float32)
     for s, e in bands(*size):
-        out[:, s:e] = torch.lerp(ab_x.index_select(1, y0[s:e]), ab_x.index_select(1, y1[s:e]),
-                                 wy[None, s:e, None]).numpy()
+        band = ab_x.index_select(1, idx[s:e, 0]) * w[None, s:e, 0, None]
+        out[:, s:e] = band.addcmul_(ab_x.index_select(1, idx[s:e, 1]), w[None, s:e, 1, None]).numpy()
     return out
 
 
@@ -328,6 +326,42 @@ def colourfulness_words(rgb: np.ndarray) -> float:
     return acc.value()
 
 
+# --------------------------------------------------------------------------- phase 2: each choice, before/after
+
+
+def choices(gray: np.ndarray, jpeg: bytes, ab: np.ndarray, rep: int) -> None:
+    """The job's path before (phase 1: gray as [H,W,3], the float32 compose, an encode from a contiguous copy,
+    the written file decoded again to score) and after, step by step, in one run: ms per MP and the ratio."""
+    mp = gray.size / 1e6
+    pre = Preprocessing(ab.shape[-2:])
+    gray3 = np.repeat(gray[..., None], 3, -1)
+
+    def float_compose():  # phase 1's: the float32 path, gray L by table from channel 0
+        render.GRAY_TABLE = False
+        try:
+            return render.compose(gray3, ab, pre, is_gray=True)
+        finally:
+            render.GRAY_TABLE = True
+
+    before_rgb, after_rgb = float_compose(), render.compose(gray, ab, pre)
+    written = imageio.encode_image(after_rgb)
+    steps = [
+        ("decode gray JPEG", lambda: imageio.decode_image(jpeg).rgb, lambda: imageio.decode_image(jpeg).pixels),
+        ("compose", float_compose, lambda: render.compose(gray, ab, pre)),
+        ("encode JPEG q95 4:4:4", lambda: imageio.encode_image(before_rgb),
+         lambda: imageio.encode_image(after_rgb)),
+        ("score without a reference", lambda: metrics.colorfulness(imageio.decode_image(written).rgb),
+         lambda: metrics.colorfulness(after_rgb)),
+    ]
+    print("| step | before ms/MP | after ms/MP | after / before |\n|---|---|---|---|")
+    totals = [0.0, 0.0]
+    for name, before, after in steps:
+        ms = [best_ms(before, rep)[0] / mp, best_ms(after, rep)[0] / mp]
+        totals = [t + m for t, m in zip(totals, ms)]
+        print(f"| {name} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[1] / ms[0]:.2f} |", flush=True)
+    print(f"| all four | {totals[0]:.1f} | {totals[1]:.1f} | {totals[1] / totals[0]:.2f} |")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -336,6 +370,7 @@ def main() -> None:
     ap.add_argument("--size", default="1600x1200", help="WxH of the gray test image")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--choices", action="store_true", help="only phase 2's before/after of the job's path")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     size, mp, rep = (h, w), h * w / 1e6, args.repeat
@@ -344,6 +379,8 @@ def main() -> None:
     print(f"gray {w}x{h} ({mp:.2f} MP), ab 256x256 from the compact model; torch threads 1; best of {rep}; "
           f"band {BAND} px\n", flush=True)
     gray, jpeg, ab = make_input(size)
+    if args.choices:
+        return choices(gray, jpeg, ab, rep)
     ref = reference(gray, ab, "bilinear")
     ref_cubic = reference(gray, ab, "bicubic")
     light = np.take(color.gray_l_lut(), gray)
@@ -419,9 +456,12 @@ def main() -> None:
 
     # whole compose
     gray3 = np.repeat(gray[..., None], 3, -1)
-    ms_today, today = best_ms(lambda: compose_image(gray3, ab, is_gray=True), rep)
-    add("whole compose", "job today (stages.compose_image, gray as [H,W,3])", ms_today,
+    pre = Preprocessing(ab.shape[-2:])
+    ms_today, today = best_ms(lambda: render.compose(gray3, ab, pre), rep)
+    add("whole compose", "render's float32 path (phase 1's job: gray as [H,W,3])", ms_today,
         f"{fidelity(today)}; {delta_e(today, ref)}")
+    ms, out = best_ms(lambda: render.compose(gray, ab, pre), rep)
+    add("whole compose", "render.compose today (gray [H,W]: graytable)", ms, f"{fidelity(out)}; {delta_e(out, ref)}")
     for name, fn in [
         ("torchpath.compose, pow, gray [H,W]", lambda: torchpath.compose(gray, ab)),
         ("torchpath.compose, encode table, gray [H,W]", lambda: torchpath.compose(gray, ab, encode="table")),

@@ -61,18 +61,18 @@ RULES: list[tuple[str, str]] = [
      r"load_actor_class|_ActorStage\.__init__|Worker\.main_loop \([^;]*;Worker\.deserialize_objects"),
     ("inference: setup (model load)", r"InferenceStage\.setup"),
     # compose stage (CPU task)
-    ("compose: read-back decode of the written file", r"write_and_read_back.*decode_image"),
     ("compose: encode JPEG", r"ComposeStage\._one.*encode_image"),
     ("compose: write output", r"ComposeStage\._one.*write_bytes"),
     ("compose: score (metrics)", r"ComposeStage\._one.*compute_metrics"),
-    ("compose: Lab -> sRGB + ab upsampling", r"ComposeStage\._one.*(compose_image|_compose_rows)"),
+    ("compose: Lab -> sRGB + ab upsampling", r"ComposeStage\._one.*;compose \([^;]*render\.py"),
     ("compose: fetch source again", r"ComposeStage\._one.*read_bytes"),
-    ("compose: full-resolution decode", r"ComposeStage\._one.*decode_image"),
+    ("compose: full-resolution decode (the source; the written file where a reference needs it)",
+     r"ComposeStage\._one.*decode_image"),
     ("compose: other", r"ComposeStage\.__call__"),
     # decode stage (CPU task)
     ("decode: fetch source", r"DecodeStage\.__call__.*read_bytes"),
     ("decode: reduced decode", r"DecodeStage\.__call__.*decode_reduced"),
-    ("decode: model-size L", r"DecodeStage\.__call__.*model_input_l"),
+    ("decode: model-size L", r"DecodeStage\.__call__.*model_l"),
     ("decode: other", r"DecodeStage\.__call__"),
     ("expand shards (manifest read)", r"ExpandShards\.__call__"),
     # inference actor
@@ -201,7 +201,7 @@ def roles_from(samples) -> dict[int, str]:
     for pid, frames, count in samples:
         stack = ";".join(frames)
         if "_ActorStage" in stack or "InferenceStage" in stack:
-            seen[pid]["inference actor"] += count
+            seen[pid]["actor (inference; fused: decode + inference + compose)"] += count
         elif "_run_cpu_stage" in stack:
             seen[pid]["CPU task workers"] += count
     return {pid: c.most_common(1)[0][0] for pid, c in seen.items()}

@@ -77,6 +77,11 @@ class InferenceConfig(_Strict):
                                        "against fp32 that reduced precision may introduce.")
     channels_last: bool = Field(True, description="NHWC memory format: faster convolutions on oneDNN and "
                                 "tensor cores.")
+    layout: Literal["auto", "fused", "split"] = Field(
+        "auto", description="colorize job: 'fused' runs decode -> inference -> compose in one actor holding the "
+        "model, one per CPU (no batches shipped between processes, no task-worker churn); 'split' runs decode and "
+        "compose as CPU tasks around a pool of inference actors. auto: fused on CPU-only clusters, split where "
+        "there are GPUs. Evaluation always splits (one pool per model).")
 
 
 class CpuStageConfig(_Strict):

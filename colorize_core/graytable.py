@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import io
 import threading
+import warnings
 
 import numpy as np
 import torch
@@ -91,13 +92,15 @@ def compose_gray8(gray: np.ndarray, ab: np.ndarray, *, mode: str = "bilinear", s
     lut.ensure(int(q[0].min()), int(q[0].max()))  # bilinear stays within the model's range; bicubic below
     out = np.empty((height, width), np.uint32)
     out_t = torch.from_numpy(out.view(np.int32))
-    g = torch.from_numpy(gray)
+    with warnings.catch_warnings():  # a decoded image is often read-only (Pillow's buffer); it is only read here
+        warnings.simplefilter("ignore", UserWarning)
+        g = torch.from_numpy(gray)
     if mode == "bilinear":
         across = F.interpolate(_packed(q), size=(q.shape[1], width), mode="bilinear", align_corners=False)
         for c0 in range(0, width, STRIP_COLUMNS):
             c1 = min(width, c0 + STRIP_COLUMNS)
             words = F.interpolate(across[:, :, :, c0:c1], size=(height, c1 - c0), mode="bilinear",
-                                  align_corners=False)
+                                  align_corners=False).contiguous(memory_format=torch.channels_last)  # (1x1 ab)
             words[0, 0] = g[:, c0:c1]  # byte 0 of each word (channels-last: a pixel's first byte)
             out_t[:, c0:c1] = lut.words.index_select(0, words.permute(0, 2, 3, 1).view(torch.int32).reshape(-1)
                                                      ).view(height, c1 - c0)

@@ -120,7 +120,8 @@ def sample_hints(rgb: np.ndarray, n: int, image_id: str, *, size: tuple[int, int
         cx = _gaussian_corner(rng, mw, min(side, mw), sigma) + min(radius, (mw - 1) // 2)
         y0, y1 = _span(cy, radius, mh, ih)
         x0, x1 = _span(cx, radius, mw, iw)
-        lab = color.srgb_to_lab(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+        patch = rgb[y0:y1, x0:x1]
+        lab = color.srgb_to_lab(np.ascontiguousarray(patch if patch.ndim == 3 else np.repeat(patch[..., None], 3, 2)))
         out.append({"x": (cx + 0.5) / mw, "y": (cy + 0.5) / mh,
                     "a": float(lab[..., 1].mean()), "b": float(lab[..., 2].mean())})
     return out

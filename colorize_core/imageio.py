@@ -50,6 +50,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
@@ -159,29 +160,35 @@ class ImageDecodeError(InputError, ValueError):
 class DecodedImage:
     """Pixels as displayed (orientation applied, alpha flattened) plus provenance.
 
-    `rgb` is [H, W, 3] sRGB, C-contiguous, uint8 for 8-bit (and 1-bit) sources and
-    uint16 for 16-bit ones (and for 8-bit gray converted from a non-sRGB gray profile, see the module
-    docstring). `source_mode` is Pillow's mode, except 16-bit colour
+    `pixels` is what was decoded: gray sources (gray modes, 1-bit included) stay one channel ``[H, W]``, colour
+    ones are ``[H, W, 3]`` sRGB; C-contiguous, uint8 for 8-bit (and 1-bit) sources and uint16 for 16-bit ones
+    (and for 8-bit gray converted from a non-sRGB gray profile, see the module docstring). `rgb` is always
+    ``[H, W, 3]``: gray expanded on first use (callers that can take one channel read `pixels`, and a gray scan
+    never costs three). `source_mode` is Pillow's mode, except 16-bit colour
     which is reported as ``RGB;16`` / ``RGBA;16`` (Pillow calls it ``RGB``).
     `is_gray` is True when the source carries no colour: a gray mode, or colour
     whose three channels are identical everywhere. `bit_depth` is the file's bits per sample (8 or 16):
     what ``--output-depth auto`` follows. `colour` is what colour management did, one line.
     """
 
-    rgb: np.ndarray
+    pixels: np.ndarray
     source_mode: str
     source_format: str
     is_gray: bool
     bit_depth: int = 8
     colour: str = "no ICC profile: read as sRGB"
 
+    @functools.cached_property
+    def rgb(self) -> np.ndarray:
+        return self.pixels if self.pixels.ndim == 3 else _gray3(self.pixels)
+
     @property
     def height(self) -> int:
-        return int(self.rgb.shape[0])
+        return int(self.pixels.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.rgb.shape[1])
+        return int(self.pixels.shape[1])
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
@@ -274,12 +281,16 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpeg", *, quality: int = 95) -> by
         raise ValueError(f"encode_image got an empty image {list(rgb.shape)}")
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be an int in [1, 100], got {quality!r}")
-    rgb = np.ascontiguousarray(rgb)
-    if fmt_key == "tiff":
-        return _encode_tiff(rgb)
-    if rgb.dtype == np.uint16:
-        return _encode_png16(rgb)
-    im = Image.fromarray(rgb)
+    words = _rgbx_words(rgb)
+    if words is not None and fmt_key == "jpeg":
+        im = Image.frombuffer("RGBX", (rgb.shape[1], rgb.shape[0]), words, "raw", "RGBX", 0, 1)
+    else:
+        rgb = np.ascontiguousarray(rgb)
+        if fmt_key == "tiff":
+            return _encode_tiff(rgb)
+        if rgb.dtype == np.uint16:
+            return _encode_png16(rgb)
+        im = Image.fromarray(rgb)
     buf = io.BytesIO()
     if fmt_key == "jpeg":
         im.save(buf, "JPEG", quality=quality, subsampling=0)
@@ -288,6 +299,17 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpeg", *, quality: int = 95) -> by
     else:
         im.save(buf, "WEBP", quality=quality, lossless=quality == 100)
     return buf.getvalue()
+
+
+def _rgbx_words(rgb: np.ndarray) -> np.ndarray | None:
+    """The contiguous RGBX words under an ``[H, W, 3]`` uint8 view of them (:func:`graytable.rgb_view`, or
+    ``rgba[..., :3]``), so the JPEG encoder reads them without the copy to ``[H, W, 3]``; else None."""
+    base = rgb.base
+    if (rgb.dtype != np.uint8 or rgb.strides != (4 * rgb.shape[1], 4, 1) or not isinstance(base, np.ndarray)
+            or base.nbytes != 4 * rgb.shape[0] * rgb.shape[1] or not base.flags.c_contiguous
+            or base.__array_interface__["data"][0] != rgb.__array_interface__["data"][0]):
+        return None
+    return base
 
 
 def _encode_tiff(rgb: np.ndarray) -> bytes:
@@ -383,35 +405,51 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
         note = None
         if source_mode == "CMYK" and profile:
             im, note = icc_mod.cmyk_to_srgb(im, profile)
-        rgb, is_gray = _to_rgb(im)
-    bits = 16 if source_mode in _GRAY16_MODES or (source_mode == "I" and rgb.dtype == np.uint16) else 8
+        pixels, is_gray = _to_pixels(im)
+    bits = 16 if source_mode in _GRAY16_MODES or (source_mode == "I" and pixels.dtype == np.uint16) else 8
     if note is None:
-        managed = icc_mod.apply_profile(rgb, is_gray, profile, gray_source=source_mode in _GRAY_MODES)
-        rgb, is_gray, note = managed.rgb, managed.is_gray, managed.note
-    return DecodedImage(rgb=rgb, source_mode=source_mode, source_format=fmt, is_gray=is_gray, bit_depth=bits,
+        pixels, is_gray, note = managed_pixels(pixels, profile, gray_source=source_mode in _GRAY_MODES,
+                                               is_gray=is_gray)
+    return DecodedImage(pixels, source_mode=source_mode, source_format=fmt, is_gray=is_gray, bit_depth=bits,
                         colour=note)
 
 
-def _to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
-    """Loaded, oriented Pillow image -> ([H, W, 3] uint8/uint16, is_gray)."""
+def managed_pixels(pixels: np.ndarray, profile: bytes | None, *, gray_source: bool,
+                   is_gray: bool | None = None) -> tuple[np.ndarray, bool, str]:
+    """Decoded pixels (gray ``[H, W]`` or ``[H, W, 3]``) brought from their embedded profile to sRGB
+    (:func:`icc.apply_profile`): (pixels, is_gray, the note). Profiles work on ``[H, W, 3]``; a gray source
+    whose result is gray goes back to one channel."""
+    if not profile:
+        return pixels, bool(gray_source if is_gray is None else is_gray), "no ICC profile: read as sRGB"
+    rgb = pixels if pixels.ndim == 3 else _gray3(pixels)
+    is_gray = (gray_source or channels_equal(rgb)) if is_gray is None else is_gray
+    managed = icc_mod.apply_profile(rgb, is_gray, profile, gray_source=gray_source)
+    out = managed.rgb
+    if out.ndim == 3 and gray_source and managed.is_gray:
+        out = np.ascontiguousarray(out[..., 0])
+    return out, managed.is_gray, managed.note
+
+
+def _to_pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
+    """Loaded, oriented Pillow image -> (gray [H, W] or colour [H, W, 3], uint8/uint16; is_gray)."""
     mode = im.mode
     if mode in _GRAY16_MODES:
-        return _gray3(np.asarray(im).astype(np.uint16, copy=False)), True
+        return np.ascontiguousarray(np.asarray(im).astype(np.uint16, copy=False)), True
     if mode == "I":
         arr = np.asarray(im)
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 65535:
             raise ImageDecodeError(f"unsupported image mode 'I': values [{lo}, {hi}] exceed 16 bits")
-        return _gray3(arr.astype(np.uint16)), True
+        return arr.astype(np.uint16), True
     if mode == "F":
         raise ImageDecodeError("unsupported image mode 'F' (floating-point samples)")
     if mode == "1":
-        return _gray3(np.asarray(im.convert("L"))), True
+        return np.ascontiguousarray(np.asarray(im.convert("L"))), True
     if mode == "L" and not im.has_transparency_data:
-        return _gray3(np.asarray(im)), True
+        return np.ascontiguousarray(np.asarray(im)), True
     if mode == "LA":
         la = np.asarray(im)
-        return _gray3(_over_white(la[..., :1], la[..., 1], 255)[..., 0]), True
+        return _over_white(la[..., :1], la[..., 1], 255)[..., 0], True
     if mode == "RGB" and not im.has_transparency_data:
         rgb = np.ascontiguousarray(np.asarray(im))
         return rgb, channels_equal(rgb)
@@ -518,7 +556,7 @@ def _finish16(arr: np.ndarray, orientation: int, fmt: str, *, premultiplied: boo
         mode, rgb = "RGB;16", arr[..., :3]
     rgb = np.ascontiguousarray(_orient(rgb, orientation))
     managed = icc_mod.apply_profile(rgb, channels_equal(rgb), profile, gray_source=False)
-    return DecodedImage(rgb=managed.rgb, source_mode=mode, source_format=fmt, is_gray=managed.is_gray,
+    return DecodedImage(managed.rgb, source_mode=mode, source_format=fmt, is_gray=managed.is_gray,
                         bit_depth=16, colour=managed.note)
 
 

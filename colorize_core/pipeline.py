@@ -180,7 +180,7 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
 
         launch.init_ray(ray_address, verbose)
         # On CPU-only clusters the inference/CPU-stage split follows this model's measured cost.
-        res = plan_resources(cfg, inference_share=inference_share(module, model_info.input_size))
+        res = plan_resources(cfg, inference_share=inference_share(module, model_info.input_size), fusable=True)
         del module
         columns = tuple(c for c in info.columns if c in manifest_mod.REQUIRED + manifest_mod.OPTIONAL)
         stages = (
@@ -192,7 +192,8 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
                            cfg.inference.batch_size),
             ComposeStage(options, cfg.output, model_info.preprocessing, cfg.output_format, cfg.quality,
                          cfg.saturation, model_info.name, cfg.max_pixels, cfg.output_depth, cfg.visible_label,
-                         cfg.provenance, model_info.weights_sha256),
+                         cfg.provenance, model_info.weights_sha256,
+                         device=res.device if res.fused and res.device == "cuda" else None),
         )
         bar = Progress(total, skipped, enabled=progress)
         # One Ray Dataset per wave of shards: the driver's Ray Data bookkeeping (per-block metadata and

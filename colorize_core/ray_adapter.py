@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -58,13 +58,18 @@ def _setup(stage, fault: str) -> StageError | None:
 
 
 def _call(stage, batch, fault: str):
-    """A stage on one batch, as a block. What it raises leaves as itself when it is an expected kind (an output
-    that cannot be written, a persisting transient failure, a user's mistake), else as a StageError."""
+    """A stage on one batch, as a block (see :func:`_apply`)."""
+    return to_block(_apply(stage, batch, fault))
+
+
+def _apply(stage, batch, fault: str):
+    """A stage on one batch. What it raises leaves as itself when it is an expected kind (an output that cannot
+    be written, a persisting transient failure, a user's mistake), else as a StageError."""
     name = type(stage).__name__
     try:
         if fault == "call":
             raise RuntimeError(f"fault injected by {FAULT_ENV}={name}")
-        return to_block(stage(batch))
+        return stage(batch)
     except (OutputError, TransientError, StageError, UserError):
         raise
     except Exception as exc:
@@ -114,21 +119,38 @@ def _run_cpu_stage(batch, stage, fault: str = ""):
     return _call(stage, batch, fault)
 
 
+def _run_cpu_stage_in_pieces(batch, stage, fault: str = "", rows: int = 1):
+    """Task body yielding the stage's output as blocks of at most ``rows`` rows: a shard's rows spread over
+    every actor of the next operator (Ray Data gives a whole block to one actor)."""
+    out = _run_cpu_stage(batch, stage, fault)
+    for start in range(0, max(out.num_rows, 1), rows):
+        yield out.slice(start, rows)
+
+
 class _ActorStage:
-    """Actor body: holds one set-up stage (a model replica) for its lifetime.
+    """Actor body: holds set-up stages (a model replica; on fused layouts decode -> inference -> compose) for
+    its lifetime, and runs them one after another on each batch in this process: only the last one's output
+    becomes a block.
 
     A setup that fails (weights the worker cannot read, no GPU memory) is raised from the first batch, not
     from here: an exception in an actor's constructor reaches the driver as an ActorDiedError that carries
     only text, one raised by a task arrives as itself (and names the stage)."""
 
-    def __init__(self, stage, fault: str = ""):
-        self.stage, self.fault = stage, fault
-        self.setup_error = _setup(stage, fault)
+    def __init__(self, stages: Sequence[Any], faults: Sequence[str]):
+        self.stages, self.faults = tuple(stages), tuple(faults)
+        self.setup_error = next((e for e in map(_setup, self.stages, self.faults) if e is not None), None)
 
     def __call__(self, batch):
         if self.setup_error is not None:
             raise self.setup_error
-        return _call(self.stage, batch, self.fault)
+        for stage, fault in zip(self.stages, self.faults):
+            batch = _apply(stage, batch, fault)
+        return to_block(batch)
+
+
+def _actor_stage(stages: Sequence[Any]) -> dict[str, Any]:
+    """map_batches' constructor arguments of an actor holding ``stages``."""
+    return {"stages": tuple(stages), "faults": tuple(_fault(s) for s in stages)}
 
 
 @dataclass(frozen=True)
@@ -141,18 +163,27 @@ class Resources:
     cpu_concurrency: int | None
     max_actors: int | None = None  # None: the pool grows with the cluster (autoscaling GPU clusters)
     cpus_per_task: float = 1.0
+    fused: bool = False  # decode -> inference -> compose in the actors (colorize on CPU-only clusters)
 
 
 def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None, pools: int = 1,
-                   inference_share: float | None = None) -> Resources:
+                   inference_share: float | None = None, fusable: bool = False) -> Resources:
     """Derive pool sizes from the cluster: one replica per GPU; on CPU-only clusters one replica per
-    16 CPUs of inference.
+    16 CPUs of inference, or, fused, one per CPU.
 
-    Cores are never oversubscribed: a replica runs as many torch threads as the CPUs it reserves
+    ``fusable`` (the colorize job: one model) with ``inference.layout`` auto on a CPU-only cluster, or
+    ``fused``, gives the fused layout: each actor decodes, infers and composes its batch in one process at one
+    torch thread, one actor per CPU, a quarter of a CPU left for the shard expansion and the driver. On GPUs
+    (``fused`` asked for) the actors are the GPU replicas, and the job runs their compose and scores on the GPU. Nothing
+    but the metrics rows leaves an actor, and no task worker is started and reaped per stage (the start-up and
+    churn that were a third of a run's CPU, docs/cost.md).
+
+    Split, cores are never oversubscribed: a replica runs as many torch threads as the CPUs it reserves
     (rounded), and the CPU stages get the rest. On a CPU-only cluster the split follows
     ``inference_share`` = forward cost / (forward + CPU-stage cost) per image, measured by the job
     (:func:`colorize_core.stages.inference_share`); without it, half. A forward-bound model (eccv16) thus
-    gets nearly all cores and the CPU tasks a fraction of one, a light one (compact) about half.
+    gets nearly all cores and the CPU tasks a fraction of one, a light one (compact) a fraction of a CPU
+    (down to a quarter: its forward needs ~4% of one).
 
     ``pools`` inference pools (one per model, evaluation) split that share: on GPUs each pool gets
     ``GPUs / pools`` replicas, or a fraction of one GPU per replica when there are fewer GPUs than
@@ -166,6 +197,16 @@ def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None,
         raise RuntimeError("inference.device is 'cuda' but the Ray cluster has no GPU")
     max_actors = getattr(inf, "max_actors", None)
     cpus_per_task = 1.0
+    fused = pools == 1 and fusable and (inf.layout == "fused" or (inf.layout == "auto" and device == "cpu"))
+    if fused and device == "cpu":
+        num_actors = inf.num_actors or max(1, cpus)
+        cpus_per_actor = inf.cpus_per_actor or max(0.25, (cpus - 0.25) / num_actors)
+        threads = inf.threads or max(1, round(cpus_per_actor))
+        if num_actors * cpus_per_actor > cpus - 0.1:
+            raise RuntimeError(f"{num_actors} fused actor(s) x {cpus_per_actor} CPUs leave no CPU for the shard "
+                               f"expansion on a {cpus}-CPU cluster; lower inference.num_actors or cpus_per_actor")
+        return Resources(device, num_actors, cpus_per_actor, 0.0, threads, cfg.cpu.concurrency,
+                         max_actors or num_actors, max(0.1, cpus - num_actors * cpus_per_actor), fused=True)
     if device == "cuda":
         num_actors = inf.num_actors or max(1, gpus // pools)
         cpus_per_actor = inf.cpus_per_actor or 1
@@ -174,19 +215,19 @@ def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None,
         share = 0.5 if inference_share is None else min(max(inference_share, 0.05), 0.95)
         inference_cpus = cpus * share
         num_actors = inf.num_actors or max(1, cpus // 16)
-        # A lone pool's replicas hold at least one CPU (one thread); several pools share CPUs fractionally.
-        cpus_per_actor = inf.cpus_per_actor or max(1.0 if pools == 1 else 0.25, inference_cpus / (num_actors * pools))
+        # A light replica (compact) holds a fraction of a CPU at one thread: its forward needs ~4% of one.
+        cpus_per_actor = inf.cpus_per_actor or max(0.25, inference_cpus / (num_actors * pools))
         gpus_per_actor = 0.0
         max_actors = max_actors or num_actors  # the CPU split is planned: a pool grows only if asked to
         # CPU tasks take whole CPUs where there are enough, else what the replicas leave.
         cpus_per_task = min(1.0, max(0.1, cpus - num_actors * cpus_per_actor * pools))
-    if device == "cpu" and (num_actors * cpus_per_actor * pools > cpus - 0.1 or (pools == 1 and (cpus < 2 or cpus_per_actor < 1))):
+    if device == "cpu" and (num_actors * cpus_per_actor * pools > cpus - 0.1 or (pools == 1 and cpus < 2)):
         raise RuntimeError(
             f"{pools} pool(s) x {num_actors} inference actor(s) x {cpus_per_actor} CPUs leave no CPU for the "
             f"decode and compose stages on a {cpus}-CPU cluster; lower inference.num_actors or cpus_per_actor")
     threads = inf.threads or max(1, round(cpus_per_actor))
     return Resources(device, num_actors, cpus_per_actor, gpus_per_actor, threads, cfg.cpu.concurrency,
-                     max_actors, cpus_per_task)
+                     max_actors, cpus_per_task, fused=fused)
 
 
 def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[Any], compose, cfg: ColorizeConfig,
@@ -194,7 +235,8 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[
     """shards -> rows -> (decode) -> (inference actors) -> (compose, write, score) -> metrics rows.
 
     ``infer`` is one inference stage or several (evaluation): each gets its own actor pool, chained,
-    each adding its own ab column to the batch."""
+    each adding its own ab column to the batch. With ``res.fused`` the three run in one pool of actors,
+    the source's bytes fetched once (``decode.keep_source``)."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -206,18 +248,29 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[
     cpu_args: dict[str, Any] = {"num_cpus": res.cpus_per_task}
     if res.cpu_concurrency:
         cpu_args["compute"] = ray.data.TaskPoolStrategy(size=res.cpu_concurrency)
-    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": expand, "fault": _fault(expand)},
+    stages = tuple(infer) if isinstance(infer, Sequence) else (infer,)
+    if res.fused and len(stages) != 1:
+        raise ValueError("a fused layout holds one model")
+    pieces = {"rows": cfg.inference.batch_size} if res.fused else {}
+    ds = ds.map_batches(_run_cpu_stage_in_pieces if res.fused else _run_cpu_stage,
+                        fn_kwargs={"stage": expand, "fault": _fault(expand), **pieces},
                         batch_size=1, batch_format="numpy", **cpu_args)
+    if res.fused:
+        return ds.map_batches(
+            _ActorStage, fn_constructor_kwargs=_actor_stage((replace(decode, keep_source=True), *stages, compose)),
+            batch_size=cfg.inference.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=res.num_actors, max_size=res.max_actors),
+            num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor or None, memory=cfg.cpu.memory_per_task)
     # Declaring the memory a decode needs also keeps Ray Data from fusing decode into the inference
     # actors (it fuses a task stage into a following actor stage whose remote args match, as on
-    # CPU-only clusters): decoding must overlap inference, not queue behind it in the same process.
+    # CPU-only clusters): split, decoding must overlap inference, not queue behind it in the same process.
     image_args = {**cpu_args, "memory": cfg.cpu.memory_per_task}
     ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": decode, "fault": _fault(decode)},
                         batch_size=cfg.cpu.batch_size, batch_format="numpy", **image_args)
-    for stage in infer if isinstance(infer, Sequence) else (infer,):
+    for stage in stages:
         ds = ds.map_batches(
             _ActorStage,
-            fn_constructor_kwargs={"stage": stage, "fault": _fault(stage)},
+            fn_constructor_kwargs=_actor_stage((stage,)),
             batch_size=cfg.inference.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=res.num_actors, max_size=res.max_actors),

@@ -20,8 +20,12 @@ Numerics, and why they are the ones for evaluation too: an 8-bit output goes thr
 (scikit-image ``lab2rgb`` of float64 L and float64-upsampled ab, rounded) it is within 1 code everywhere
 and differs in fewer than 1% of the values (0.2% measured; ``tests/test_render.py`` pins both), which
 moves PSNR by well under 0.01 dB; so evaluation scores exactly the pixels the job delivers, rather than a
-slower exact conversion that no user receives. A 16-bit output (``depth=16``) goes through the float32
-:func:`color.lab_to_srgb` and is within 2 codes of 65535 of the same reference.
+slower exact conversion that no user receives. An 8-bit gray source composed to 8 bits (the archive's bulk)
+goes through :mod:`colorize_core.graytable` instead: ab rounded to whole Lab units and one table gather per
+pixel, 0.14-0.27x the cost (docs/cost.md); its only error is ab's (at most 1 unit in a and b), 48-52 dB
+PSNR against the same reference (the bound is 40 dB), up to ~12 codes on single channels where the sRGB
+curve is steep near black. A 16-bit output (``depth=16``) goes through the float32 :func:`color.lab_to_srgb`
+and is within 2 codes of 65535 of the same reference.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import color, icc, imageio
+from . import color, graytable, imageio, torchpath
 from .errors import InputError
 from .hints import paint_hints
 from .models.preprocess import Preprocessing
@@ -49,6 +53,10 @@ DRAFT_OVERSAMPLE = 2
 # few cache-sized float32 planes, whatever the image size.
 COMPOSE_CHUNK_PIXELS = 1 << 16
 
+# 8-bit gray to 8 bits through graytable's table (ab at whole units: 48-52 dB of the float64 reference at
+# 0.14-0.27x the cost); False takes the float32 path (within 1 code), as phase 1 did: the bench's "before".
+GRAY_TABLE = True
+
 # torch's bicubic kernel (upsample_bicubic2d): Keys' cubic convolution with a = -0.75.
 _CUBIC_A = -0.75
 
@@ -57,7 +65,8 @@ _CUBIC_A = -0.75
 
 
 def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(pixels at no less than ``DRAFT_OVERSAMPLE`` x ``size``, the image's full (H, W) as displayed).
+    """(pixels at no less than ``DRAFT_OVERSAMPLE`` x ``size``, the image's full (H, W) as displayed); gray
+    sources one channel ``[h, w]``, as :attr:`imageio.DecodedImage.pixels`.
 
     8-bit gray and RGB JPEGs (the archive's bulk) are decoded at a reduced DCT scale (Pillow's draft mode):
     a fraction of a full decode, with the embedded ICC profile applied as :func:`imageio.decode_image` applies
@@ -79,18 +88,16 @@ def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple
                     ImageOps.exif_transpose(im, in_place=True)
                 except Exception:  # noqa: BLE001 - as imageio.decode_image: bad EXIF must not cost pixels
                     pass
-                arr = np.asarray(im.convert("RGB"))
-                if arr.ndim == 3 and arr.shape[2] == 3:
+                arr = np.asarray(im)
+                if arr.shape[:2] and (arr.ndim == 2 or arr.shape[2] == 3):
                     profile = im.info.get("icc_profile")
                     if profile:
-                        gray_source = im.mode == "L"
-                        is_gray = gray_source or imageio.channels_equal(arr)
-                        arr = icc.apply_profile(arr, is_gray, profile, gray_source=gray_source).rgb
+                        arr = imageio.managed_pixels(arr, profile, gray_source=im.mode == "L")[0]
                     return arr, full
     except Exception:  # noqa: BLE001 - the full decode below gives the row its reason
         pass
-    rgb = imageio.decode_image(data, max_pixels=max_pixels).rgb
-    return rgb, (rgb.shape[0], rgb.shape[1])
+    pixels = imageio.decode_image(data, max_pixels=max_pixels).pixels
+    return pixels, (pixels.shape[0], pixels.shape[1])
 
 
 def hint_maps(hints: Any, pre: Preprocessing, radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,33 +160,66 @@ def axis_weights(n_out: int, n_in: int, mode: str) -> tuple[np.ndarray, np.ndarr
     return idx, w.astype(np.float32)
 
 
-def _l_rows(rgb: np.ndarray, is_gray: bool):
-    """``(start, stop) -> L of those rows``: a 256-entry table for 8-bit gray, else :func:`color.srgb_to_l`
-    per band, so no full-resolution float image is ever held."""
-    if is_gray and rgb.dtype == np.uint8:
-        lut = color.gray_l_lut()
-        return lambda s, e: np.take(lut, rgb[s:e, :, 0])
-    return lambda s, e: color.srgb_to_l(rgb[s:e])
+def _l_rows(source: np.ndarray, is_gray: bool):
+    """``(start, stop) -> L of those rows``: a table for gray (one channel ``[H, W]``, or ``is_gray`` RGB read from
+    channel 0), else :func:`color.srgb_to_l` per band, so no full-resolution float image is ever held."""
+    if source.ndim == 2 or is_gray:
+        plane = source if source.ndim == 2 else source[..., 0]
+        lut = torchpath.gray_l_table(8 if plane.dtype == np.uint8 else 16)
+        return lambda s, e: np.take(lut, plane[s:e])
+    return lambda s, e: color.srgb_to_l(source[s:e])
 
 
-def compose(rgb: np.ndarray, ab_model: np.ndarray, pre: Preprocessing, *, saturation: float = 1.0,
-            is_gray: bool = False, depth: int = 8) -> np.ndarray:
-    """The decoded source RGB [H,W,3] (uint8 or uint16) + model-size ab [2,h,w] -> sRGB [H,W,3] at ``depth``
-    bits (uint8 or uint16), in one float32 pass over bands of rows.
+def _gray8(source: np.ndarray, is_gray: bool) -> np.ndarray | None:
+    """The 8-bit gray plane ``[H, W]`` the table compose takes, or None when the source is not 8-bit gray."""
+    if source.dtype != np.uint8:
+        return None
+    if source.ndim == 2:
+        return source
+    return source[..., 0] if is_gray else None
+
+
+def compose(source: np.ndarray, ab_model: np.ndarray, pre: Preprocessing, *, saturation: float = 1.0,
+            is_gray: bool = False, depth: int = 8, device: str | None = None,
+            scores: torchpath.Colourfulness | None = None) -> np.ndarray:
+    """The decoded source (gray ``[H,W]`` or RGB ``[H,W,3]``, uint8 or uint16) + model-size ab [2,h,w] -> sRGB
+    [H,W,3] at ``depth`` bits (uint8 or uint16).
 
     The source's L is kept untouched, so the output's luminance and geometry are the input's; the ab is
-    scaled by ``saturation`` and upsampled as ``pre.ab_upsample`` says: across once at model height, then down
-    per band (separable, the same weights as torch's). ``is_gray`` (the source has no colour) lets 8-bit L come
-    from a table. ``ab_model`` of shape [2,1,1] zeros is the gray baseline."""
+    scaled by ``saturation`` and upsampled as ``pre.ab_upsample`` says. ``is_gray`` (an RGB source with no
+    colour) lets L come from channel 0 by table; a one-channel source is gray. ``ab_model`` of shape [2,1,1]
+    zeros is the gray baseline.
+
+    An 8-bit gray source composed to 8 bits (the archive's bulk) takes :func:`graytable.compose_gray8`: one
+    table gather per pixel, no float per pixel; the result is then the ``[H,W,3]`` view of RGBX words
+    (:func:`graytable.rgb_view`), which :func:`imageio.encode_image` encodes without a copy. Everything else
+    goes in one float32 pass over bands of rows (separable upsampling: across once at model height, then down
+    per band, the same weights as torch's).
+
+    ``device`` (a GPU actor's, or ``"cpu"``) does the whole full-resolution pass in torch there instead
+    (:func:`torchpath.compose`: the same upsampling, color.py's Lab -> sRGB with the sRGB curve by pow, ~98 dB
+    of the float64 reference), in large bands; ``scores`` (a :class:`torchpath.Colourfulness`) then sees each
+    band on the device. Only the finished image comes back to the host."""
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {DEPTHS}, got {depth!r}")
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"compose expects the source as RGB [H,W,3], got shape {rgb.shape}")
+    if not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] == 3)):
+        raise ValueError(f"compose expects the source as gray [H,W] or RGB [H,W,3], got shape {source.shape}")
     ab_model = np.asarray(ab_model)
     if ab_model.ndim != 3 or ab_model.shape[0] != 2:
         raise ValueError(f"compose expects ab as [2,h,w], got shape {ab_model.shape}")
-    height, width = rgb.shape[:2]
-    l_rows = _l_rows(rgb, is_gray)
+    if device is not None:
+        gray_plane = source[..., 0] if source.ndim == 3 and is_gray else source  # one channel to the device
+        band = torchpath.DEVICE_BAND_PIXELS if torch.device(device).type == "cuda" else torchpath.DEFAULT_BAND_PIXELS
+        return torchpath.compose(np.ascontiguousarray(gray_plane), ab_model, mode=pre.ab_upsample, bits=depth,
+                                 saturation=saturation, device=device, band_pixels=band, scores=scores)
+    if scores is not None:
+        raise ValueError("scores are accumulated on a device: pass device")
+    plane = _gray8(source, is_gray) if GRAY_TABLE else None
+    if plane is not None and depth == 8:
+        return graytable.rgb_view(graytable.compose_gray8(plane, ab_model, mode=pre.ab_upsample,
+                                                          saturation=saturation))
+    height, width = source.shape[:2]
+    l_rows = _l_rows(source, is_gray)
     ab = torch.from_numpy(np.array(ab_model, dtype=np.float32))  # a writable copy
     if saturation != 1.0:
         ab *= saturation
@@ -225,7 +265,7 @@ def colorize(module: torch.nn.Module, images: Sequence[np.ndarray | imageio.Deco
     out: list[np.ndarray] = []
     for s in range(0, len(images), batch_size):
         chunk = images[s: s + batch_size]
-        rgbs = [im.rgb if isinstance(im, imageio.DecodedImage) else im for im in chunk]
+        rgbs = [im.pixels if isinstance(im, imageio.DecodedImage) else im for im in chunk]
         grays = [im.is_gray if isinstance(im, imageio.DecodedImage) else False for im in chunk]
         l = np.stack([pre.model_l(rgb) for rgb in rgbs])[:, None]
         chunk_hints = list(hints[s: s + batch_size]) if hints is not None else []

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import archival, errors, fixity, imageio, metadata, metrics, render, storage
+from . import archival, errors, fixity, imageio, metadata, metrics, render, storage, torchpath
 from .config import ProvenanceConfig
 from .errors import InputError, OutputError
 from .hints import sample_hints
@@ -237,6 +237,8 @@ class DecodeStage:
     # Evaluation: instead of a manifest's hints, this many sampled from each decoded original (hints.sample_hints).
     sample_hints: int = 0
     hint_seed: int = 0
+    # The fetched bytes kept in a 'source' column, for a compose in the same process (fused layout): one GET.
+    keep_source: bool = False
 
     def setup(self) -> None:
         pass
@@ -259,7 +261,7 @@ class DecodeStage:
         except (imageio.ImageDecodeError, storage.NotRegularFileError, storage.TooLargeError) as exc:
             log.warning("redoing %s: the existing output does not decode (%s)", key, short_error(exc))
             return False
-        if existing.rgb.shape[:2] != tuple(geometry):
+        if existing.pixels.shape[:2] != tuple(geometry):
             log.warning("redoing %s: the existing output is %dx%d, the source %dx%d", key, existing.width,
                         existing.height, geometry[1], geometry[0])
             return False
@@ -283,11 +285,13 @@ class DecodeStage:
         hint_ab = np.zeros((n, 2, h, w), np.float32) if self.accepts_hints else None
         hint_mask = np.zeros((n, 1, h, w), np.float32) if self.accepts_hints else None
         status, error, reuse, seconds = [], [], np.zeros(n, bool), np.zeros(n, np.float64)
+        sources: list[bytes | None] = [None] * n
         for i in range(n):
             t0 = time.perf_counter()
             image_id, uri = batch["image_id"][i], batch["uri"][i]
             try:
                 data = read_input(uri, self.options)
+                sources[i] = data if self.keep_source else None
                 if self.protocol == "full":
                     rgb, geometry = render.decode_reduced(data, largest, self.max_pixels)
                 else:
@@ -317,6 +321,8 @@ class DecodeStage:
                    seconds=seconds)
         if self.accepts_hints:
             out.update(hint_ab=hint_ab, hint_mask=hint_mask)
+        if self.keep_source:
+            out["source"] = _obj_column(sources)
         return out
 
 
@@ -472,7 +478,12 @@ class InferenceStage:
 
 @dataclass
 class ComposeStage:
-    """Full-resolution output, encoded and written, scored from the written file; emits metrics rows."""
+    """Full-resolution output, encoded and written, scored; emits metrics rows.
+
+    Colourfulness alone (no reference: a gray scan) is scored on the pixels being encoded: the JPEG moves it by
+    0.02-0.17%, and decoding the written file again costs as much as the encode. With a reference (a
+    ``reference_uri``, or a colour source scored against itself) the written file is decoded and scored, since
+    the codec moves SSIM by up to 0.02."""
 
     options: storage.StorageOptions
     output: str
@@ -486,6 +497,8 @@ class ComposeStage:
     visible_label: bool = False
     provenance: ProvenanceConfig | None = None  # the signer is loaded in setup(): it never pickles
     weights_sha256: str | None = None
+    # The full-resolution work (compose and scores) in torch on this device (a GPU actor's), else numpy/skimage.
+    device: str | None = None
 
     def setup(self) -> None:
         self.settings  # noqa: B018 - the signer is loaded here, so a failure to load it raises from setup()
@@ -515,23 +528,31 @@ class ComposeStage:
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
         image_id = row["image_id"]
-        data = read_input(row["uri"], self.options)
+        data = row.get("source")  # the bytes the decode stage fetched, where it ran in this process (fused)
+        data = data if isinstance(data, bytes) else read_input(row["uri"], self.options)
         source = imageio.decode_image(data, max_pixels=self.max_pixels)
         rel = output_path(image_id, self.output_format)
         key = storage.join(self.output, rel)
+        ref_uri = _text(row.get("reference_uri"))
+        colourful = None  # accumulated on the device during the compose
         if row["reuse"]:
             result, fix = self._existing(key, rel, row, data, source)
         else:
-            rgb = render.compose(source.rgb, row["ab"], self.preprocessing, saturation=self.saturation,
-                                 is_gray=source.is_gray, depth=self.settings.depth(source.bit_depth))
+            acc = torchpath.Colourfulness() if self.device else None
+            rgb = render.compose(source.pixels, row["ab"], self.preprocessing, saturation=self.saturation,
+                                 is_gray=source.is_gray, depth=self.settings.depth(source.bit_depth),
+                                 device=self.device, scores=acc)
             record = archival.derivation(storage.redact_uri(row["uri"]), data, self.model_name, self.weights_sha256,
                                          source.source_format)
-            result, finished = write_and_read_back(rgb, key, self.settings, record, source=data,
-                                                   source_format=source.source_format, colour=source.colour,
-                                                   options=self.options, max_pixels=self.max_pixels, root=self.output)
+            finished = archival.write_output(rgb, key, self.settings, record, source=data,
+                                             source_format=source.source_format, colour=source.colour,
+                                             options=self.options, root=self.output)
             fix = finished.columns(rel)
+            # Scored from the pixels being encoded, unless a reference needs the delivered file itself.
+            has_reference = bool(ref_uri) or not source.is_gray
+            result = imageio.decode_image(finished.data, max_pixels=self.max_pixels).rgb if has_reference else rgb
+            colourful = None if has_reference or acc is None or rgb.dtype != np.uint8 else acc.value()
         result = imageio.to_uint8(result)  # scores are of 8-bit values, whatever the output's depth
-        ref_uri = _text(row.get("reference_uri"))
         against = None
         reference = None
         if ref_uri:
@@ -543,7 +564,8 @@ class ComposeStage:
                                  f"input is {result.shape[1]}x{result.shape[0]}")
         elif not source.is_gray:
             reference, against = imageio.to_uint8(source.rgb), "input"
-        m = metrics.compute_metrics(result, reference)
+        m = metrics.compute_metrics(result, reference) if self.device is None else \
+            torchpath.compute_metrics(result, reference, self.device, colourful)
         return {**m, "width": source.width, "height": source.height, "metrics_against": against, **fix}
 
     def __call__(self, batch: Batch) -> Batch:

@@ -59,6 +59,7 @@ __all__ = [
     "colourfulness",
     "psnr",
     "ssim",
+    "compute_metrics",
     "jpeg_gpu_decodable",
     "decode_jpeg_on_device",
     "encode_jpeg_on_device",
@@ -67,6 +68,7 @@ __all__ = [
 # Pixels per band: on a CPU a band's float32 planes stay in cache; a GPU wants far larger bands (one
 # kernel launch per op per band), so callers on CUDA pass e.g. 1 << 22.
 DEFAULT_BAND_PIXELS = 1 << 16
+DEVICE_BAND_PIXELS = 1 << 22  # a GPU's: ~4 MP per kernel launch
 
 _BICUBIC_A = -0.75  # torch's upsample_bicubic2d (and OpenCV's); Pillow's BICUBIC uses -0.5
 
@@ -165,7 +167,7 @@ class AbUpsampler:
 
 
 @functools.cache
-def _gray_l_table(bits: int) -> np.ndarray:
+def gray_l_table(bits: int) -> np.ndarray:
     """L* of every gray level of a ``bits``-bit channel (R = G = B), as :func:`color.srgb_to_l` gives it."""
     if bits == 8:
         return color.gray_l_lut()
@@ -176,7 +178,7 @@ def _gray_l_table(bits: int) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _table_on(name: str, bits: int, device: str) -> torch.Tensor:
     if name == "gray_l":
-        table = _gray_l_table(bits)
+        table = gray_l_table(bits)
     elif name == "decode":
         table = color._decode_lut(bits)
     else:  # "encode8": linear light at 16-bit steps -> uint8 code
@@ -394,6 +396,25 @@ def ssim(pred, ref, device="cpu", band_pixels: int = DEFAULT_BAND_PIXELS) -> flo
         total += s_map.sum(dim=(0, 1))
     count = (height - win + 1) * (int(ref.shape[1]) - win + 1)
     return float((total / count).mean())
+
+
+def compute_metrics(pred: np.ndarray, ref: np.ndarray | None = None, device="cpu",
+                    colourfulness_value: float | None = None) -> dict[str, float | None]:
+    """:func:`metrics.compute_metrics` with PSNR, SSIM, RMSE and colourfulness on ``device`` (equal to it
+    within 1e-4: exact integer sums, float64 moments); CIEDE2000 stays with scikit-image on the host.
+    ``colourfulness_value``: already accumulated (a :class:`Colourfulness` fed during the compose)."""
+    from . import metrics
+
+    band = DEVICE_BAND_PIXELS if torch.device(device).type == "cuda" else DEFAULT_BAND_PIXELS
+    colourful = colourfulness(pred, device, band) if colourfulness_value is None else colourfulness_value
+    if ref is None:
+        return {"psnr": None, "ssim": None, "rmse": None, "colorfulness": colourful, "deltae2000": None}
+    bits = _check_pair(pred, ref)
+    value = psnr(pred, ref, device, band)
+    peak = float(2**bits - 1)
+    return {"psnr": value, "ssim": ssim(pred, ref, device, band),
+            "rmse": 0.0 if math.isinf(value) else peak / 10.0 ** (value / 20.0),
+            "colorfulness": colourful, "deltae2000": metrics.deltae2000(pred, ref)}
 
 
 # --------------------------------------------------------------------------- nvJPEG hook

@@ -75,7 +75,10 @@ def _check_outputs(cfg: ColorizeConfig, rows: list[dict], expected_ok: dict[str,
         for name, value in recomputed.items():
             if value is None:
                 assert got[name] is None
-            else:
+            elif reference is None:  # scored on the pixels encoded, not the file: the JPEG moves it a little
+                # (0.02-0.17% on real scans, docs/cost.md; a few % on these images of a few thousand pixels)
+                assert got[name] == pytest.approx(value, rel=0.05, abs=1.0), name
+            else:  # with a reference, the delivered file is scored
                 assert got[name] == pytest.approx(value, abs=1e-6), name
 
 

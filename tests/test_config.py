@@ -283,6 +283,27 @@ def test_small_cpu_cluster_never_oversubscribes_and_follows_the_measured_share()
     assert heavy.threads == 2 and heavy.cpus_per_actor == pytest.approx(1.9) and heavy.cpus_per_task <= 0.1 + 1e-9
 
 
+def test_a_light_replica_holds_a_fraction_of_a_cpu():
+    light = plan_resources(minimal(), cluster={"CPU": 4}, inference_share=0.05)  # compact: ~4% forward
+    assert light.cpus_per_actor == pytest.approx(0.25) and light.threads == 1 and light.cpus_per_task == 1
+    assert not light.fused
+
+
+def test_the_colorize_job_fuses_its_stages_on_cpu_only_clusters_unless_told_not_to():
+    res = plan_resources(minimal(), cluster={"CPU": 4}, inference_share=0.9, fusable=True)
+    assert res.fused and res.device == "cpu" and (res.num_actors, res.threads, res.max_actors) == (4, 1, 4)
+    assert res.num_actors * res.cpus_per_actor + res.cpus_per_task <= 4 + 1e-9 and res.cpus_per_task >= 0.1
+    assert not plan_resources(minimal(), cluster={"CPU": 16, "GPU": 2}, fusable=True).fused  # GPUs: split
+    assert not plan_resources(minimal(), cluster={"CPU": 4}, pools=2).fused  # evaluation: a pool per model
+    split = plan_resources(minimal(inference={"layout": "split"}), cluster={"CPU": 4}, fusable=True)
+    assert not split.fused and split.num_actors == 1
+    two = plan_resources(minimal(inference={"layout": "fused", "num_actors": 2, "threads": 2}), cluster={"CPU": 8},
+                         fusable=True)
+    assert two.fused and (two.num_actors, two.threads) == (2, 2)
+    with pytest.raises(ValueError):
+        minimal(inference={"layout": "joined"})
+
+
 def test_large_cpu_cluster_gets_one_actor_per_16_cpus_with_half_the_cpus():
     res = plan_resources(minimal(), cluster={"CPU": 64})
     assert res.device == "cpu"
@@ -302,7 +323,7 @@ def test_explicit_settings_are_respected():
 
 
 @pytest.mark.parametrize("inference, cpus", [({"num_actors": 4, "cpus_per_actor": 4}, 16),
-                                             ({"num_actors": 2}, 2), ({}, 1)])
+                                             ({"num_actors": 2, "cpus_per_actor": 1}, 2), ({}, 1)])
 def test_no_cpu_left_for_cpu_stages_raises(inference, cpus):
     with pytest.raises(RuntimeError, match="leave no CPU"):
         plan_resources(minimal(inference=inference), cluster={"CPU": cpus})

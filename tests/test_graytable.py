@@ -89,3 +89,18 @@ def test_refuses_anything_but_8_bit_gray():
         graytable.compose_gray8(np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2, 2), np.float32))
     with pytest.raises(ValueError, match="8-bit gray"):
         graytable.compose_gray8(np.zeros((4, 4), np.uint16), np.zeros((2, 2, 2), np.float32))
+
+
+def test_a_constant_ab_of_one_pixel_is_the_gray_baseline():
+    """ab [2, 1, 1] (render.gray's): torch gives a 1x1 input's upsampling back in NCHW, not channels-last."""
+    gray = np.random.default_rng(3).integers(0, 256, (37, 300), dtype=np.uint8)
+    rgb = graytable.rgb_view(graytable.compose_gray8(gray, np.zeros((2, 1, 1), np.float32)))
+    np.testing.assert_array_equal(rgb, np.repeat(gray[..., None], 3, axis=2))
+
+
+def test_imageio_encodes_the_rgbx_view_without_a_copy_and_to_the_same_bytes():
+    gray = np.random.default_rng(4).integers(0, 256, (64, 99), dtype=np.uint8)
+    view = graytable.rgb_view(graytable.compose_gray8(gray, np.random.default_rng(5).normal(0, 20, (2, 8, 8))))
+    assert imageio._rgbx_words(view) is not None and imageio._rgbx_words(view[1:]) is None
+    for fmt in ("jpeg", "png"):
+        assert imageio.encode_image(view, fmt) == imageio.encode_image(np.ascontiguousarray(view), fmt)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from colorize_core import metrics, storage
+from colorize_core import imageio, metrics, render, storage
 from colorize_core.models.preprocess import Preprocessing
 from colorize_core.stages import (
     ComposeStage,
@@ -100,7 +100,7 @@ def test_inference_stage_fp32_and_precision_guard(tmp_path):
         strict.setup()
 
 
-def test_compose_stage_scores_the_written_file(inputs):
+def test_compose_stage_scores_the_written_file_where_a_reference_needs_it(inputs):
     batch, tmp_path = inputs
     opts = storage.StorageOptions()
     pre = Preprocessing((32, 32))
@@ -116,6 +116,12 @@ def test_compose_stage_scores_the_written_file(inputs):
     assert rows["metrics_against"][0] == "input" and rows["metrics_against"][1] is None
     assert np.isnan(rows["psnr"][1]) and rows["colorfulness"][1] > 0
     assert np.isnan(rows["psnr"][2]) and rows["width"][2] == -1
+    # A gray source has no reference: its colourfulness is of the pixels encoded, not of the file decoded again.
+    gray = imageio.decode_image(storage.read_bytes(batch["uri"][1], opts)).pixels
+    encoded = render.compose(gray, decoded["ab"][1], pre)
+    assert rows["colorfulness"][1] == pytest.approx(metrics.colorfulness(encoded), abs=1e-12)
+    assert rows["colorfulness"][1] != pytest.approx(metrics.colorfulness(
+        jobkit.decode(output_key(str(tmp_path / "out"), "g_png", "jpeg"))), abs=1e-9)
 
 
 def test_stages_pickle_round_trip(tmp_path):
@@ -156,3 +162,19 @@ def test_a_source_of_a_scheme_we_do_not_read_is_that_rows_error(tmp_path):
     batch = {"image_id": _obj(["a"]), "uri": _obj(["gs://bucket/a.jpg"]), "shard_id": _obj(["s0"])}
     out = DecodeStage(storage.StorageOptions(), str(tmp_path / "out"), "jpeg", Preprocessing((8, 8)))(batch)
     assert out["status"][0] == "error" and "unsupported URI scheme" in out["error"][0]
+
+
+def test_compose_stage_on_a_device_scores_as_the_host_path(inputs):
+    """device='cpu' runs the GPU actor's code (compose and scores in torch) here: the same rows, within the
+    difference of the two Lab -> sRGB kernels (pow vs table)."""
+    batch, tmp_path = inputs
+    opts = storage.StorageOptions()
+    pre = Preprocessing((32, 32))
+    decoded = DecodeStage(opts, str(tmp_path / "out"), "jpeg", pre, keep_source=True)(batch)
+    assert isinstance(decoded["source"][0], bytes) and decoded["source"][4] is None  # the missing one
+    decoded["ab"] = np.random.default_rng(1).normal(0, 10, (5, 2, 32, 32)).astype(np.float32)
+    host = ComposeStage(opts, str(tmp_path / "host"), pre, model_name="m")(decoded)
+    device = ComposeStage(opts, str(tmp_path / "device"), pre, model_name="m", device="cpu")(decoded)
+    assert list(device["status"]) == list(host["status"]) == ["ok", "ok", "error", "error", "error"]
+    for name in ("psnr", "ssim", "colorfulness"):
+        np.testing.assert_allclose(device[name][:2], host[name][:2], rtol=0.02, err_msg=name)

@@ -19,6 +19,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from colorize_core import color, imageio, metrics, torchpath
 from colorize_core import render
+from colorize_core.models.preprocess import Preprocessing
 from tests.test_fastpath import CASES, MIN_PSNR, compact, loop_output  # noqa: F401 - compact is a fixture
 
 RNG = np.random.default_rng(7)
@@ -115,7 +116,8 @@ def test_compose_within_40_db_of_the_float64_loop_and_one_code_of_the_numpy_path
         ab = module(torch.from_numpy(pre.model_l(small))[None, None])[0].numpy()
     loop = loop_output(payload, module, pre.input_size)
     rgb3 = source if source.ndim == 3 else np.repeat(source[..., None], 3, -1)
-    numpy_path = render.compose(rgb3, ab, pre, is_gray=source.ndim == 2)
+    numpy_path = render.compose(rgb3, ab, pre)  # the float32 numpy path (gray as RGB: not the table)
+    assert metrics.psnr(render.compose(source, ab, pre), loop) >= MIN_PSNR, name  # render's own (table for gray)
     for encode in ("pow", "table"):
         got = torchpath.compose(source, ab, encode=encode, band_pixels=1 << 14)
         assert got.shape == loop.shape and got.dtype == np.uint8
@@ -284,3 +286,28 @@ def test_gpu_jpeg_hook_declines_off_cuda_so_pillow_serves():
     data = _jpeg("L")
     assert torchpath.decode_jpeg_on_device(data, "cpu") is None
     assert torchpath.encode_jpeg_on_device(torch.zeros((8, 8, 3), dtype=torch.uint8), 95) is None
+
+
+def test_the_device_path_of_render_and_its_scores_on_the_cpu_device():
+    """What a GPU actor runs (render.compose on a device, torchpath.compute_metrics), on the CPU device: within
+    the fidelity bound of the float64 loop's maths, and the scores within 1e-4 of metrics.compute_metrics."""
+    from tests.test_render import _reference
+
+    rng = np.random.default_rng(7)
+    gray = rng.integers(0, 256, (61, 83), dtype=np.uint8)
+    colour = rng.integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    for mode in ("bilinear", "bicubic"):
+        pre = Preprocessing((12, 12), ab_upsample=mode)
+        ab = rng.normal(0, 25, (2, 12, 12)).astype(np.float32)
+        for source in (gray, colour):
+            rgb3 = source if source.ndim == 3 else np.repeat(source[..., None], 3, -1)
+            want = np.floor(_reference(rgb3, ab, mode) * 255 + 0.5).astype(np.uint8)
+            acc = torchpath.Colourfulness()
+            got = render.compose(source, ab, pre, device="cpu", scores=acc, is_gray=source.ndim == 2)
+            assert got.shape == want.shape and metrics.psnr(got, want) >= 60, mode
+            assert acc.value() == pytest.approx(metrics.colorfulness(got), abs=1e-9)
+            on_device = torchpath.compute_metrics(got, want, "cpu")
+            on_host = metrics.compute_metrics(got, want)
+            for name, value in on_host.items():
+                assert on_device[name] == pytest.approx(value, abs=1e-4), name
+    assert torchpath.compute_metrics(gray[..., None].repeat(3, -1), None, "cpu", 1.5)["colorfulness"] == 1.5

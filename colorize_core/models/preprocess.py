@@ -42,28 +42,32 @@ class Preprocessing:
             raise ValueError(f"ab_upsample must be 'bilinear' or 'bicubic', got {self.ab_upsample!r}")
 
     def resize_rgb(self, rgb: np.ndarray) -> np.ndarray:
-        """RGB [H,W,3] (uint8, or uint16 kept in float precision) -> RGB at ``input_size`` (uint8 stays
-        uint8; 16-bit comes back as float in [0, 1])."""
+        """RGB [H,W,3] or gray [H,W] (uint8, or uint16 kept in float precision) -> the same channels at
+        ``input_size`` (uint8 stays uint8; 16-bit comes back as float in [0, 1])."""
         from PIL import Image
 
         h, w = self.input_size
-        if rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError(f"expected an RGB image [H,W,3], got shape {rgb.shape}")
+        if not (rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == 3)):
+            raise ValueError(f"expected an RGB image [H,W,3] or gray [H,W], got shape {rgb.shape}")
         flt = getattr(Image.Resampling, self.resize.upper())
         if rgb.dtype == np.uint8:
             if rgb.shape[:2] == (h, w):
                 return rgb
-            return np.asarray(Image.fromarray(rgb).resize((w, h), flt))
+            return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((w, h), flt))
         f = rgb.astype(np.float32) / (65535.0 if rgb.dtype == np.uint16 else 1.0)
         if f.shape[:2] == (h, w):
             return f
-        return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f[..., c]), mode="F").resize((w, h), flt))
-                         for c in range(3)], axis=-1).clip(0.0, 1.0)
+        planes = [f] if f.ndim == 2 else [f[..., c] for c in range(3)]
+        out = [np.asarray(Image.fromarray(np.ascontiguousarray(p), mode="F").resize((w, h), flt)) for p in planes]
+        return (out[0] if f.ndim == 2 else np.stack(out, axis=-1)).clip(0.0, 1.0)
 
     def model_l(self, image: np.ndarray) -> np.ndarray:
-        """The model's input for one image: RGB [H,W,3] (uint8 / uint16 / float in [0, 1]) -> float32 L in
-        [0, 100] as [h, w] = ``input_size``."""
-        return np.clip(color.srgb_to_l(self.resize_rgb(image)), 0.0, 100.0).astype(np.float32)
+        """The model's input for one image: RGB [H,W,3] or gray [H,W] (uint8 / uint16 / float in [0, 1]) ->
+        float32 L in [0, 100] as [h, w] = ``input_size`` (gray: the same values as its RGB expansion's)."""
+        small = self.resize_rgb(image)
+        if small.ndim == 2:
+            small = np.repeat(small[..., None], 3, axis=2)  # at model size: cheap
+        return np.clip(color.srgb_to_l(small), 0.0, 100.0).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -73,8 +73,8 @@ def load_fitted(uri: str, max_side: int, options, max_pixels: int) -> np.ndarray
     """Fetch and decode an image as far as ``max_side`` needs (JPEGs at a reduced DCT scale), fitted to it."""
     data = storage.read_bytes(uri, options)
     side = math.ceil(max_side / DRAFT_OVERSAMPLE)
-    rgb, _ = decode_reduced(data, (side, side), max_pixels)
-    return fit(rgb, max_side)
+    pixels, _ = decode_reduced(data, (side, side), max_pixels)
+    return fit(pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2), max_side)
 
 
 def _patch_mean(plane: np.ndarray, x: float, y: float, radius: int = 2) -> np.ndarray:
