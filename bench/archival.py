@@ -13,8 +13,8 @@ format it measures, in CPU time of this process (``time.process_time``, all thre
 * colour management: decoding the same gray JPEG with a Gray Gamma 2.2 profile, minus without one.
 
 The job's CPU per image is bench/throughput.py's per-stage cost (reduced decode + L, full decode, compose,
-encode + write + read-back, score; one core, the bundled ``compact`` model; inference excluded, so the
-share printed is an upper bound) times each image's megapixels.
+finish (encode, metadata, unsigned) + write + read-back, score; one core, the bundled ``compact`` model;
+inference excluded, so the share printed is an upper bound) times the images' mean megapixels.
 
     python bench/archival.py               # 20 images
     python bench/archival.py --images 10   # a functional check
@@ -127,7 +127,7 @@ def main() -> None:
         mps = [np.prod(Image.open(p).size) / 1e6 for p in paths]
         module, info = load_model("compact")
         module.eval()
-        costs = stage_costs(paths, module, info.input_size, tmp / "stages")
+        costs = stage_costs(paths, module, info.preprocessing, tmp / "stages")
         job_ms = costs["all CPU stages"] * float(np.mean(mps))
         sources = [archive_copy(p) for p in paths]
         signer = _signer()
@@ -145,8 +145,9 @@ def main() -> None:
         cells = [f"{statistics.mean(results[f][step]):.2f} ({statistics.median(results[f][step]):.2f})"
                  for f in FORMATS]
         print(f"| {label} | " + " | ".join(cells) + " |")
-    share = [100 * statistics.mean(results[f]["metadata"]) / job_ms for f in FORMATS]
-    print("| metadata / job CPU stages | " + " | ".join(f"{s:.2f} %" for s in share) + " |")
+    for step, label in (("metadata", "metadata / job CPU stages"), ("c2pa", "C2PA signing / job CPU stages")):
+        share = [100 * statistics.mean(results[f][step]) / job_ms for f in FORMATS]
+        print(f"| {label} | " + " | ".join(f"{s:.2f} %" for s in share) + " |")
     print()
     print(f"colour management (Gray Gamma 2.2 source, extra decode CPU): mean {statistics.mean(cms):.1f} ms, "
           f"median {statistics.median(cms):.1f} ms per image")

@@ -1,6 +1,6 @@
 """Review page timings: the first page of the grid as a run grows, and preview latency per model.
 
-    python bench/review.py [--rows 10,10000,100000] [--previews 10] [--models siggraph17,effnet_unet]
+    python bench/review.py [--rows 10,10000,100000] [--previews 10] [--models effnet_guided,siggraph17]
                            [--image-size 2400x1800]
 
 Runs are built directly (config.json, run.json, metrics/ in 1000-row shards, a manifest), as the job writes
@@ -83,6 +83,8 @@ def preview_latency(name: str, root: Path, scan: str, n: int) -> dict:
     module, info = load_model(model)
     x = torch.full((1, 1, *info.input_size), 50.0)
     extra = (torch.zeros(1, 2, *info.input_size), torch.zeros(1, 1, *info.input_size)) if info.accepts_hints else ()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a loaded machine, 2 OpenMP threads on 2 busy cores take 10-20x longer
     with torch.inference_mode():
         module(x, *extra)
         forward = []
@@ -90,6 +92,7 @@ def preview_latency(name: str, root: Path, scan: str, n: int) -> dict:
             t0 = time.perf_counter()
             module(x, *extra)
             forward.append(time.perf_counter() - t0)
+    torch.set_num_threads(threads)
     del module
     with serving(output, storage.StorageOptions.from_env()) as srv:
         _get(srv.url + "/api/run")  # waits for the model
@@ -105,7 +108,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default="10,10000,100000")
     p.add_argument("--previews", type=int, default=10)
-    p.add_argument("--models", default="siggraph17,effnet_unet")
+    from colorize_core.models.registry import DEFAULT_MODEL
+
+    p.add_argument("--models", default=f"{DEFAULT_MODEL},siggraph17", help="the default model (reads hints) first")
     p.add_argument("--image-size", default="2400x1800")
     args = p.parse_args()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -129,8 +134,8 @@ def main() -> None:
         scan = root / "scan.jpg"
         scan.write_bytes(buf.getvalue())
         print(f"\npreview of a {w}x{h} gray JPEG with 3 hints, composed at <= 1024 px, median of {args.previews}"
-              "\n\n| model | input | reads hints | first preview ms | preview median ms | min ms | forward alone "
-              "ms |\n|---|---|---|---|---|---|---|")
+              "\n\n| model | input | reads hints | first preview ms | preview median ms | min ms | forward alone, one "
+              "thread, ms |\n|---|---|---|---|---|---|---|")
         for name in args.models.split(","):
             r = preview_latency(name, root, str(scan), args.previews)
             print(f"| {r['model']} | {r['input']} | {'yes' if r['hints'] else 'no'} | {r['first'] * 1000:.0f} | "

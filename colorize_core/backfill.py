@@ -345,7 +345,8 @@ def backfill(cfg: BackfillConfig, *, dry_run: bool = False, wait: bool = False, 
         if listing.todo_uri:
             _prepare(cfg, listing.todo_uri, options)
             inner = cfg.model_copy(update={"manifest": listing.todo_uri, "retry_errors": False, "limit": None})
-            run_summary = pipeline.run(inner, ray_address=ray_address, progress=progress, verbose=verbose)
+            run_summary = pipeline.run(inner, ray_address=ray_address, progress=progress, verbose=verbose,
+                                       supersede=False)  # the ledger knows what a todo replaces
             if run_summary["counts"].get("transient"):
                 summary = _summary(cfg, listing, t0, run_summary, lease=lease)
                 pipeline.check_counts(run_summary["counts"], cfg.max_error_fraction)  # raises Unfinished

@@ -238,7 +238,7 @@ def cmd_verify(args) -> int:
     for line in report.lines():
         print(line)
     if args.bagit:
-        print(f"wrote {storage.redact_uri(fixity.write_bagit(args.output, options))} and bagit.txt")
+        print(f"wrote {storage.redact_uri(fixity.write_bagit(args.output, options))}")
     return 0 if report.ok else 1
 
 
@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_review)
     sp = sub.add_parser("verify", help="re-hash a run's outputs against its metrics (fixity)")
     sp.add_argument("--output", required=True, help="the run's --output, local or s3:// (AWS_* variables apply)")
-    sp.add_argument("--bagit", action="store_true", help="also write manifest-sha256.txt and bagit.txt at its root")
+    sp.add_argument("--bagit", action="store_true", help="also write a BagIt-style manifest-sha256.txt at its root")
     sp.set_defaults(func=cmd_verify)
     sub.add_parser("run", help="the Ray job (flags of python -m jobs.colorize)", add_help=False)
     return p

@@ -5,9 +5,11 @@ The metrics rows hold ``source_sha256`` (of the bytes the job read), ``output_sh
 prefix). From them:
 
 * :func:`verify` re-hashes a run's outputs and names the missing and changed ones (``colorize verify``);
-* :func:`write_bagit` writes a BagIt-style ``manifest-sha256.txt`` (and ``bagit.txt``) at the run's root, so
-  the run can be checked with the tools archives already use for fixity (paths are relative to the run's
-  root; the run's layout is not moved under ``data/``, so it is "BagIt-style", not a bag);
+* :func:`write_bagit` writes a BagIt-style ``manifest-sha256.txt`` at the run's root: BagIt's payload-manifest
+  format (RFC 8493, ``<sha256>  <path>``, which ``sha256sum -c`` also reads), paths relative to the run's root.
+  No ``bagit.txt``: the run's layout is not moved under ``data/``, so the run is not a bag, and a
+  declaration would make BagIt validators reject it. To bag a run, put its files under ``data/`` and prefix
+  the manifest's paths with ``data/``;
 * :func:`matches` decides whether a resumed run may reuse an existing output: only if it hashes to its row.
 
 A run without ``output_path`` (written before it existed) falls back to the colorize job's layout:
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import storage
+from . import runstate, storage
 from .errors import OK, UserError
 
 __all__ = ["Expected", "Report", "matches", "sha256_hex", "verify", "write_bagit"]
@@ -79,7 +81,7 @@ def _fallback_extension(output: str, options) -> str | None:
 
 def expected_outputs(output: str, options: storage.StorageOptions | None = None) -> tuple[list[Expected], int]:
     """(every output the run's metrics record with a hash, the number of ok rows without one)."""
-    files = storage.list_files(storage.join(output, "metrics"), options, suffix=".parquet")
+    files = list(runstate.metrics_listing(output, options))  # oldest first: an image's newest row is the one kept
     if not files:
         raise UserError(f"no metrics under {storage.redact_uri(output)}/metrics: not a run's output prefix")
     expected: dict[str, Expected] = {}
@@ -154,13 +156,10 @@ def _bagit_path(path: str) -> str:
 
 
 def write_bagit(output: str, options: storage.StorageOptions | None = None) -> str:
-    """``manifest-sha256.txt`` (one ``<sha256>  <path>`` line per recorded output, from the metrics: run
-    :func:`verify` first to know they still hold) and ``bagit.txt`` at the run's root. Returns the manifest's
-    URI."""
+    """``manifest-sha256.txt`` at the run's root: one ``<sha256>  <path>`` line per recorded output, from the
+    metrics (run :func:`verify` first to know they still hold). Returns its URI."""
     items, _ = expected_outputs(output, options)
     lines = "".join(f"{e.sha256}  {_bagit_path(e.path)}\n" for e in items)
     uri = storage.join(output, "manifest-sha256.txt")
     storage.write_bytes(uri, lines.encode("utf-8"), options)
-    storage.write_bytes(storage.join(output, "bagit.txt"),
-                        b"BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n", options)
     return uri

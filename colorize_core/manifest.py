@@ -66,7 +66,7 @@ class ManifestInfo:
     files: tuple[str, ...]
     rows_per_file: tuple[int, ...]
     columns: tuple[str, ...]
-    digests: tuple[str, ...] = ()  # per file: blake2b of its (image_id, uri) rows, in order
+    digests: tuple[str, ...] = ()  # per file: blake2b of its (image_id, uri[, hints]) rows, in order
     sources: tuple[str, ...] = ()  # per file: the manifest file it was restaged from (shard identity); () = files
 
     @property
@@ -167,14 +167,17 @@ def _id_digest(image_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=8).digest(), "little")
 
 
-def _iter_ids(path: str, options):
-    """(row, image_id, uri) of one manifest file, read in record batches."""
+def _iter_ids(path: str, options, with_hints: bool = False):
+    """(row, image_id, uri, hints) of one manifest file, read in record batches; hints is None unless
+    ``with_hints`` (the file has the column)."""
     fs, p = storage.filesystem(path, options)
+    columns = ["image_id", "uri", "hints"] if with_hints else ["image_id", "uri"]
     with fs.open(p, "rb") as f:
         row = 0
-        for batch in pq.ParquetFile(f).iter_batches(columns=["image_id", "uri"], batch_size=65536):
-            for image_id, u in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-                yield row, image_id, u
+        for batch in pq.ParquetFile(f).iter_batches(columns=columns, batch_size=65536):
+            hints = batch.column(2).to_pylist() if with_hints else [None] * batch.num_rows
+            for image_id, u, h in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), hints):
+                yield row, image_id, u, h
                 row += 1
 
 
@@ -223,8 +226,10 @@ def _validate(uri: str, options, output: str | None, output_format: str | None) 
         rows_per_file.append(num_rows)
         file_digests = []
         whole = hashlib.blake2b(digest_size=16)
-        for row, image_id, u in _iter_ids(path, options):
-            whole.update(repr((image_id, u)).encode())
+        # Hints are part of a row's content: hints saved again for the same images are new work (a re-render).
+        with_hints = "hints" in schema.names
+        for row, image_id, u, hints in _iter_ids(path, options, with_hints):
+            whole.update(repr((image_id, u, hints) if with_hints else (image_id, u)).encode())
             reason = id_problem(image_id)
             if reason is None and not u:
                 reason = "uri is null or empty"
@@ -238,7 +243,6 @@ def _validate(uri: str, options, output: str | None, output_format: str | None) 
                     claims.extend(_id_digest(c) for c in _dir_claims(image_id, extensions))
         digests.append(np.array(file_digests, dtype=np.uint64))
         content.append(whole.hexdigest())
-    values, counts = np.unique(np.concatenate(digests) if digests else np.zeros(0, np.uint64), return_counts=True)
     all_digests = np.concatenate(digests) if digests else np.zeros(0, np.uint64)
     values, counts = np.unique(all_digests, return_counts=True)
     repeated = set(values[counts > 1].tolist())
@@ -248,7 +252,7 @@ def _validate(uri: str, options, output: str | None, output_format: str | None) 
         files_at: dict[str, tuple[str, int]] = {}  # ids whose output file some folder would need
         folders: list[tuple[str, int, str, str]] = []  # (path, row, id, the id it clashes with)
         for path in files:
-            for row, image_id, _ in _iter_ids(path, options):
+            for row, image_id, _, _ in _iter_ids(path, options):
                 if id_problem(image_id) is not None:
                     continue
                 digest = _id_digest(image_id)

@@ -14,6 +14,7 @@ Output layout under --output:
     _state/run.json                  settings a resumed run must share (weights by content hash)
     _state/completions/<shard>__<rows>.done
     config.json, summary.json
+    rerenders/<time>/config.json, summary.json   another manifest run into this output (see run())
 """
 
 from __future__ import annotations
@@ -97,10 +98,30 @@ def run_identity(cfg: ColorizeConfig, model_info, signer=None) -> dict[str, Any]
     return identity
 
 
+def _recorded_manifest(output: str, options) -> str | None:
+    try:
+        manifest = json.loads(storage.read_bytes(storage.join(output, "config.json"), options)).get("manifest")
+    except (FileNotFoundError, ValueError):
+        return None
+    return manifest if isinstance(manifest, str) else None
+
+
+def _shard_ids(shards: list, options) -> pa.Array:
+    """The image ids of some shards of the manifest (one column read per shard)."""
+    parts = [manifest_mod.read_shard(s, options, ("image_id",))["image_id"].cast(pa.string()) for s in shards]
+    return pa.chunked_array(parts, pa.string()).combine_chunks() if parts else pa.array([], pa.string())
+
+
 def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool = True,
-        verbose: bool = False) -> dict[str, Any]:
+        verbose: bool = False, supersede: bool = True) -> dict[str, Any]:
     """Run the whole job; returns the summary (also written to summary.json). Counts include ``transient``
-    rows (left unfinished; their shards have no marker): the caller reports them."""
+    rows (left unfinished; their shards have no marker): the caller reports them.
+
+    Another manifest into an output that holds a run (``--manifest RUN/review/hints.parquet --output RUN``,
+    with the run's settings) is a re-render: images that other shards' metrics hold a row of are rendered
+    again from this manifest's rows (never reused), and their older rows are then dropped, so each keeps one
+    current row; the output's ``config.json`` and ``summary.json`` stay the run's, the re-render's own go to
+    ``rerenders/<UTC time>/``. ``supersede=False`` (backfills: their ledger does this) leaves both out."""
     from .models import get_entry, load_model
     from .models.checkpoint import is_checkpoint_uri
 
@@ -117,9 +138,15 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     # Resolve the model once on the driver: fail fast on bad weights, record what ran.
     module, model_info = load_model(cfg.model, cfg.weights, storage_options=options, **model_kwargs)
     with storage.access_checked(cfg.output):
+        recorded = None if cfg.overwrite else _recorded_manifest(cfg.output, options)
         resumed = runstate.check_identity(cfg.output, run_identity(cfg, model_info, signer), options,
                                           overwrite=cfg.overwrite)
-    storage.write_output(storage.join(cfg.output, "config.json"), json.dumps(cfg.resolved(), indent=2).encode(),
+    # A run of another manifest into this output: its records go beside the run's, never over them.
+    rerender = supersede and resumed and recorded is not None and recorded != cfg.manifest
+    now = time.time()
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now % 1 * 1e6):06d}Z"
+    records = storage.join(cfg.output, "rerenders", stamp) if rerender else cfg.output
+    storage.write_output(storage.join(records, "config.json"), json.dumps(cfg.resolved(), indent=2).encode(),
                          options, root=cfg.output)
 
     # Row groups of shard_rows rows (restaged once if the manifest has others): a shard reads only its rows.
@@ -134,6 +161,18 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
     total = sum(s.num_rows for s in shards)
     skipped = total - sum(s.num_rows for s in pending)
     counts = {"ok": 0, "error": 0, "transient": 0}
+    own = {s.shard_id for s in shards}
+    others = runstate.other_metrics(cfg.output, options, own) if supersede and resumed else []
+    rendered_again: set[str] = set()
+    if others:
+        # Images another manifest rendered: their outputs go, so this manifest's rows render them again (a
+        # retried shard keeps its good images, as any --retry-errors does).
+        fresh = [s for s in pending if s.shard_id not in retried]
+        rendered_again = runstate.held_in(others, _shard_ids(fresh, options), options)
+        from .stages import output_key
+
+        for image_id in sorted(rendered_again):
+            storage.remove(output_key(cfg.output, image_id, cfg.output_format), options)
 
     if pending:
         from .ray_adapter import build_dataset, plan_resources
@@ -167,12 +206,15 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
             counts = {k: counts[k] + got[k] for k in counts}
         bar.close()
 
+    superseded = runstate.drop_superseded(cfg.output, options, own, {s.shard_id for s in pending}) if others else 0
     wall = time.monotonic() - t0
     processed = sum(counts.values())
     summary = {
         "manifest": cfg.manifest,
         "output": cfg.output,
         "counts": {"total": total, **counts, "skipped": skipped},
+        # Images other manifests had rendered, rendered again from this one; their older rows dropped.
+        "superseded": {"rendered_again": len(rendered_again), "rows_dropped": superseded},
         "images_per_second": processed / wall if wall > 0 else None,
         "wall_seconds": wall,
         "model": model_info.name,
@@ -186,7 +228,7 @@ def run(cfg: ColorizeConfig, *, ray_address: str | None = None, progress: bool =
         "packages": launch.package_versions(),
         "finished_at": runstate.utc_now(),
     }
-    storage.write_output(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2).encode(), options,
+    storage.write_output(storage.join(records, "summary.json"), json.dumps(summary, indent=2).encode(), options,
                          root=cfg.output)
     return summary
 

@@ -20,11 +20,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import storage
 from .errors import OK, TRANSIENT, UserError
@@ -67,7 +69,8 @@ def check_identity(output: str, identity: dict[str, Any], options, *, overwrite:
         shown = ", ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in diff.items())
         raise UserError(f"{output} holds a run with other settings ({shown}); use --overwrite to redo it, "
                         f"or another --output")
-    storage.write_output(uri, json.dumps(identity, sort_keys=True).encode(), options, root=output)
+    if previous is None:  # a resumed run leaves the record as it is
+        storage.write_output(uri, json.dumps(identity, sort_keys=True).encode(), options, root=output)
     return previous is not None
 
 
@@ -157,6 +160,107 @@ def finish_shard(output: str, shard_id: str, rows: list[dict[str, Any]], options
         return False
     mark_complete(output, shard_id, rows, options, known)
     return True
+
+
+# --------------------------------------------------------------------------------------------- current rows
+#
+# An image has one current metrics row. A manifest run into an output that already holds rows of its images in
+# other shards' metrics (a re-render of reviewed images: ``--manifest RUN/review/hints.parquet``) renders
+# those images again and then drops their older rows (:func:`drop_rows`). Until that clean-up has run (a
+# re-render in progress or killed), an image can have two rows: readers keep the one from the metrics file
+# written last (:func:`current_rows`, over :func:`metrics_listing`'s order).
+
+
+def metrics_listing(output: str, options) -> dict[str, str]:
+    """URI -> version of every metrics file, oldest write first: the order :func:`current_rows` expects."""
+    return storage.list_file_versions(storage.join(output, "metrics"), options, suffix=".parquet",
+                                      oldest_first=True)
+
+
+def current_rows(table: pa.Table) -> pa.Table:
+    """One row per ``image_id``: the last of each in ``table``'s order (files concatenated oldest first)."""
+    if pc.count_distinct(table["image_id"]).as_py() == table.num_rows:
+        return table
+    rows = table.append_column("_row", pa.array(np.arange(table.num_rows), pa.int64()))
+    last = rows.group_by("image_id", use_threads=False).aggregate([("_row", "max")])
+    return table.take(np.sort(last["_row_max"].to_numpy()))
+
+
+def shard_of(metrics_file: str) -> str:
+    return metrics_file.rsplit("/", 1)[-1].removesuffix(".parquet")
+
+
+def _read_ids(files: list[str], options, ids: pa.Array | None = None, threads: int = 16) -> dict[str, pa.Array]:
+    """metrics file -> its image ids (only those in ``ids`` when given), image_id columns read in parallel; a
+    file removed since the listing holds none."""
+    def one(uri: str) -> pa.Array:
+        try:
+            column = storage.read_parquet_table(uri, options, columns=["image_id"])["image_id"].combine_chunks()
+        except FileNotFoundError:
+            return pa.array([], pa.string())
+        return column if ids is None else column.filter(pc.is_in(column, value_set=ids))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
+        return dict(zip(files, pool.map(one, files)))
+
+
+def rows_held(files: Iterable[str], ids: pa.Array, options) -> dict[str, pa.Array]:
+    """metrics file -> those of ``ids`` it holds a row of, for the files holding any."""
+    files = list(files)
+    if not len(ids) or not files:
+        return {}
+    return {uri: hit for uri, hit in _read_ids(files, options, ids).items() if len(hit)}
+
+
+def other_metrics(output: str, options, own: set[str]) -> list[str]:
+    """Metrics files of shards other than ``own``: another manifest's rows in this output."""
+    return [u for u in metrics_listing(output, options) if shard_of(u) not in own]
+
+
+def held_in(files: list[str], ids: pa.Array, options) -> set[str]:
+    """Those of ``ids`` that ``files`` hold a row of: for a run of another manifest, images it renders again
+    (their outputs are not reused)."""
+    return {i for hit in rows_held(files, ids, options).values() for i in hit.to_pylist()}
+
+
+def drop_superseded(output: str, options, own: set[str], written: set[str]) -> int:
+    """After a run of the shards ``own`` (of which ``written`` were written just now): drop, from the metrics
+    files of other shards, the rows of images that a newer file of ``own`` holds, so each image keeps one
+    current row. Idempotent: a rerun after a crash here finishes the clean-up. Returns how many rows went."""
+    listing = list(metrics_listing(output, options))
+    others = [(i, u) for i, u in enumerate(listing) if shard_of(u) not in own]
+    if not others:
+        return 0
+    mine = [(i, u) for i, u in enumerate(listing) if shard_of(u) in own
+            and (shard_of(u) in written or i > others[0][0])]
+    if not mine:
+        return 0
+    ids = _read_ids([u for _, u in mine], options)
+    groups: dict[tuple[str, ...], list[str]] = {}  # the own files newer than an other file -> those files
+    for i, uri in others:
+        newer = tuple(u for j, u in mine if shard_of(u) in written or j > i)
+        if newer:
+            groups.setdefault(newer, []).append(uri)
+    dropped = 0
+    for newer, files in groups.items():
+        value_set = pa.concat_arrays([ids[u].cast(pa.string()) for u in newer]).unique()
+        for uri, hit in rows_held(files, value_set, options).items():
+            dropped += drop_rows(uri, hit, options, root=output)
+    return dropped
+
+
+def drop_rows(uri: str, ids: pa.Array, options, *, root: str) -> int:
+    """Rewrite one metrics file without the rows of ``ids`` (whole or not at all); returns how many went.
+    The shard's marker stays: its rows are done, some of them since replaced by a later render."""
+    try:
+        table = storage.read_parquet_table(uri, options)
+    except FileNotFoundError:
+        return 0
+    keep = pc.invert(pc.is_in(table["image_id"], value_set=ids))
+    kept = table.filter(keep)
+    if kept.num_rows < table.num_rows:
+        storage.write_output_table(kept, uri, options, root=root)
+    return table.num_rows - kept.num_rows
 
 
 def shards_with_errors(output: str, shard_ids: Iterable[str], options) -> set[str]:

@@ -621,18 +621,33 @@ def version(uri: str, options: StorageOptions | None = None) -> str:
 
 
 def list_file_versions(prefix_uri: str, options: StorageOptions | None = None,
-                       suffix: str | None = None) -> dict[str, str]:
-    """URI -> :func:`version` of every file under a prefix, sorted by URI, from one listing on S3."""
+                       suffix: str | None = None, *, oldest_first: bool = False) -> dict[str, str]:
+    """URI -> :func:`version` of every file under a prefix, sorted by URI (or, ``oldest_first``, by when each
+    was last written, ties by URI), from one listing on S3."""
     found = _find_files(prefix_uri, options, suffix)
     if is_s3(prefix_uri):
-        return {u: version_from_info(found[u]) for u in sorted(found)}
-    out = {}
+        when = {u: _modified(found[u]) for u in found}
+        order = sorted(found, key=lambda u: (when[u], u)) if oldest_first else sorted(found)
+        return {u: version_from_info(found[u]) for u in order}
+    out, when = {}, {}
     for u in sorted(found):
         try:
-            out[u] = version(u, options)
+            st = os.stat(filesystem(u, options)[1])
         except FileNotFoundError:  # removed since the listing
             continue
-    return out
+        out[u], when[u] = f"{st.st_size}:{st.st_mtime_ns}", st.st_mtime_ns / 1e9
+    return {u: out[u] for u in sorted(out, key=lambda u: (when[u], u))} if oldest_first else out
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """Seconds since the epoch an S3 listing entry was last written (0 where it does not say)."""
+    value = info.get("LastModified") or info.get("mtime")
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def remove(uri: str, options: StorageOptions | None = None) -> None:

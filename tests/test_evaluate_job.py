@@ -317,12 +317,17 @@ def test_local_evaluation_summary_baseline_and_report(ray_cluster, chromium, tmp
         assert row["psnr"] == pytest.approx(peak_signal_noise_ratio(original, l_only, data_range=255), abs=1e-9)
         assert (row["width"], row["height"]) == (64, 48)
         for m in labels:
-            assert (out / "images" / m / f"{image_id}.png").exists()
+            data = (out / "images" / m / f"{image_id}.png").read_bytes()
+            assert DIGITAL_SOURCE_TYPE.encode() in data  # the evaluation's images declare themselves too
+            assert got[(m, image_id)]["output_sha256"] == fixity.sha256_hex(data)
         scored = jobkit.decode(str(out / "images" / "small" / f"{image_id}.png"))
         assert np.abs(scored.astype(int) - render.colorize(module, [original], info.preprocessing)[0]).max() <= 1
         assert got[("small", image_id)]["psnr"] == pytest.approx(metrics.psnr(scored, original), abs=1e-9)
 
     _check_report(chromium, out / "report.html", tmp_path, n_sample=3, n_models=len(labels))
+    from colorize_core import cli
+
+    assert cli.main(["verify", "--output", str(out)]) == 0  # an evaluation's outputs are checkable as a run's
 
 
 def test_evaluation_with_sampled_hints_scores_each_hint_model_twice(ray_cluster, tmp_path):

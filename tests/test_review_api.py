@@ -389,3 +389,14 @@ def test_wrong_credentials_are_one_line(s3_run):
     output, _, options = s3_run
     with pytest.raises(UserError, match="access denied"):
         records_mod.RunRecords(output, dataclasses.replace(options, secret="not-the-secret"))
+
+
+def test_rerender_on_s3(s3_run, s3_server):
+    """The re-render loop on the S3 run (last in this module: it changes the run the tests above read)."""
+    from tests.test_review_rerender import exercise_rerender
+
+    output, rows, options = s3_run
+    model = json.loads(storage.read_bytes(storage.join(output, "config.json"), options))["model"]
+    config = {"endpoint_url": s3_server.endpoint_url, "region": s3_server.region,
+              "access_key_id": s3_server.key, "secret_access_key": s3_server.secret}
+    exercise_rerender(output, rows, options, model, config, full=False)

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -187,8 +186,7 @@ class RunRecords:
         with self._lock:
             now = time.monotonic()
             if self._table is None or now - self._checked >= self.refresh_s:
-                listing = storage.list_file_versions(storage.join(self.output, "metrics"), self.options,
-                                                     suffix=".parquet")
+                listing = runstate.metrics_listing(self.output, self.options)
                 if listing != self._listing or self._table is None:
                     self._table = self._read_metrics(list(listing))
                     self._listing = listing
@@ -206,15 +204,9 @@ class RunRecords:
             return pads.dataset(paths, schema=METRICS_SCHEMA, format="parquet", filesystem=fs).to_table(
                 columns=list(LIST_COLUMNS))
 
+        # Files oldest first: where a re-render has not yet dropped an image's older row, the newer one is shown.
         table = storage.retrying("read", storage.join(self.output, "metrics"), self.options, read)
-        if pc.count_distinct(table["image_id"]).as_py() < table.num_rows:
-            # The job keeps one current row per image; two mean an interrupted rewrite. Keep the last file's.
-            log.warning("%s: some images have more than one metrics row; showing the last one of each",
-                        storage.redact_uri(self.output))
-            rows = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
-            last = rows.group_by("image_id", use_threads=False).aggregate([("_row", "max")])
-            table = table.take(np.sort(last["_row_max"].to_numpy()))
-        return table.combine_chunks()
+        return runstate.current_rows(table).combine_chunks()
 
     def page(self, q: ImageQuery) -> dict[str, Any]:
         """One page of rows, filtered and sorted as ``q`` says, with the total that matched and the counts of
@@ -344,6 +336,36 @@ class RunRecords:
     @property
     def hints_uri(self) -> str:
         return storage.join(self.output, REVIEW, HINTS_FILE)
+
+    def rerender_command(self) -> str:
+        """The colorize command that renders the saved hints into this run with its settings (the run's
+        identity: a flag for each setting not at its default; ``hint_radius`` and signing have no plain flag,
+        so a run that set them names its ``--config``)."""
+        import shlex
+
+        from ..config import ColorizeConfig
+        from ..models.registry import DEFAULT_MODEL
+
+        try:
+            config = json.loads(storage.read_bytes(storage.join(self.output, "config.json"), self.options))
+        except (FileNotFoundError, ValueError, TransientError):
+            config = {}
+        defaults = ColorizeConfig.model_fields
+        words = ["python", "-m", "jobs.colorize", "--manifest", storage.redact_uri(self.hints_uri), "--output",
+                 storage.redact_uri(self.output)]
+        if self.settings.model != DEFAULT_MODEL:
+            words += ["--model", storage.redact_uri(self.settings.model)]
+        for key in ("weights", "temperature", "output_format", "output_depth", "quality", "saturation", "shard_rows"):
+            value = config.get(key)
+            if value is not None and value != defaults[key].default:
+                words += [f"--{key.replace('_', '-')}", storage.redact_uri(str(value))]
+        if config.get("visible_label"):
+            words.append("--visible-label")
+        command = shlex.join(words)
+        signed = (config.get("provenance") or {}).get("cert")
+        if self.settings.hint_radius != defaults["hint_radius"].default or signed:
+            command += "  # with the run's hint_radius and signing settings: --config <the run's YAML>"
+        return command
 
     def saved_hints(self) -> dict[str, dict[str, Any]]:
         """image_id -> saved manifest row (``image_id, uri, hints[, reference_uri]``)."""

@@ -6,7 +6,8 @@
     GET  /api/image/<id>/sample?x=&y=        {"l", "a", "b"}: the input's L and the output's ab at a point
     POST /api/preview/<id>   {"hints": [...]} image/jpeg, rendered by the run's model with those hints
     GET  /api/hints/<id>                     {"hints": [...]} saved for the image ([] if none)
-    POST /api/hints/<id>     {"hints": [...]} saves them into RUN/review/hints.parquet
+    POST /api/hints/<id>     {"hints": [...]} saves them into RUN/review/hints.parquet; answers the command
+                             that renders them into the run
     GET  /api/gamut?l=L                      PNG of the ab plane at lightness L (out of gamut transparent)
 
 Ids are percent-encoded path segments (they may contain ``/``); the router takes the tail. An id the run's
@@ -173,6 +174,7 @@ async def run_info(request: web.Request) -> web.Response:
         return {**records.settings.public(), "counts": page["counts"], "preview": preview,
                 "has_references": records.has_references, "reviewed": len(records.saved_hints()),
                 "preview_max_side": previewer.max_side, "hints_manifest": storage.redact_uri(records.hints_uri),
+                "rerender_command": records.rerender_command(),
                 "gamut": {"ab": GAMUT_AB, "size": GAMUT_SIZE}, "sort_columns": list(SORT_COLUMNS),
                 "range_columns": list(RANGE_COLUMNS), "max_page": MAX_PAGE}
 
@@ -238,8 +240,9 @@ async def save_hints(request: web.Request) -> web.Response:
     records, image_id = request.app[RECORDS], _image_id(request)
     hints = parse_hints(await _json_body(request))
     row = await _blocking(request, records.save_hints, image_id, hints)
+    command = await _blocking(request, records.rerender_command)
     return web.json_response({"saved": True, "image_id": image_id, "hints": len(row["hints"]),
-                              "manifest": storage.redact_uri(records.hints_uri)})
+                              "manifest": storage.redact_uri(records.hints_uri), "rerender": command})
 
 
 async def gamut(request: web.Request) -> web.Response:

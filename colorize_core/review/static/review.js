@@ -465,7 +465,7 @@ async function save() {
     });
     const answer = await res.json();
     state.saved = state.points.map(({ x, y, a, b }) => ({ x, y, a, b }));
-    status(`saved ${answer.hints} hint(s) to ${answer.manifest}`);
+    status(`saved ${answer.hints} hint(s) to ${answer.manifest}; to render the saved images: ${answer.rerender}`);
     document.body.dataset.saves = String(Number(document.body.dataset.saves) + 1);
   } catch (e) {
     status(`not saved: ${e.message}`);
