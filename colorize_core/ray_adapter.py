@@ -153,6 +153,9 @@ def _actor_stage(stages: Sequence[Any]) -> dict[str, Any]:
     return {"stages": tuple(stages), "faults": tuple(_fault(s) for s in stages)}
 
 
+FUSED_TASK_CPUS = 0.05  # a fused layout's shard-expansion task: a manifest read
+
+
 @dataclass(frozen=True)
 class Resources:
     device: str
@@ -205,8 +208,10 @@ def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None,
         if num_actors * cpus_per_actor > cpus - 0.1:
             raise RuntimeError(f"{num_actors} fused actor(s) x {cpus_per_actor} CPUs leave no CPU for the shard "
                                f"expansion on a {cpus}-CPU cluster; lower inference.num_actors or cpus_per_actor")
+        # The expansion tasks ask for a sliver, so they fit on any node beside its actors (the quarter CPU
+        # left is a cluster total, not a node's).
         return Resources(device, num_actors, cpus_per_actor, 0.0, threads, cfg.cpu.concurrency,
-                         max_actors or num_actors, max(0.1, cpus - num_actors * cpus_per_actor), fused=True)
+                         max_actors or num_actors, FUSED_TASK_CPUS, fused=True)
     if device == "cuda":
         num_actors = inf.num_actors or max(1, gpus // pools)
         cpus_per_actor = inf.cpus_per_actor or 1
@@ -259,7 +264,9 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[
         return ds.map_batches(
             _ActorStage, fn_constructor_kwargs=_actor_stage((replace(decode, keep_source=True), *stages, compose)),
             batch_size=cfg.inference.batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=res.num_actors, max_size=res.max_actors),
+            # From one actor up: work starts when the first is ready, and a CPU still held (a killed run's
+            # actors being reaped, another job) delays one actor rather than the run.
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.max_actors or res.num_actors),
             num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor or None, memory=cfg.cpu.memory_per_task)
     # Declaring the memory a decode needs also keeps Ray Data from fusing decode into the inference
     # actors (it fuses a task stage into a following actor stage whose remote args match, as on
