@@ -70,7 +70,6 @@ __all__ = [
 DEFAULT_BAND_PIXELS = 1 << 16
 DEVICE_BAND_PIXELS = 1 << 22  # a GPU's: ~4 MP per kernel launch
 
-_BICUBIC_A = -0.75  # torch's upsample_bicubic2d (and OpenCV's); Pillow's BICUBIC uses -0.5
 
 
 def _as_tensor(x, device: torch.device) -> torch.Tensor:
@@ -104,33 +103,10 @@ def _bits(x) -> int:
 
 def upsample_taps(n_out: int, n_in: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Source rows and weights ``[n_out, taps]`` of a 1-D resize as ``F.interpolate(align_corners=False)``:
-    bilinear (2 taps, source clamped at 0) or bicubic (4 taps, A = -0.75, indices clamped to the edge).
-    Coordinates are float32 as torch's are; torch's own rounding still differs by up to ~1e-5 of a pixel at
-    large indices (~1e-3 ab units)."""
-    scale = np.float32(n_in) / np.float32(n_out)
-    dst = np.arange(n_out, dtype=np.float32)
-    if mode == "bilinear":
-        src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
-        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        t = src - i0
-        return np.stack([i0, i1], 1), np.stack([1.0 - t, t], 1).astype(np.float32)
-    if mode == "bicubic":
-        src = scale * (dst + np.float32(0.5)) - np.float32(0.5)
-        i = np.floor(src).astype(np.int64)
-        t = src - i
-        a = _BICUBIC_A
+    :func:`colorize_core.render.axis_weights`, the one home of these taps (host and device upsample alike)."""
+    from .render import axis_weights  # render imports this module
 
-        def near(x):  # |x| <= 1
-            return ((a + 2) * x - (a + 3)) * x * x + 1
-
-        def far(x):  # 1 < |x| < 2
-            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-        w = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], 1)
-        idx = np.clip(np.stack([i - 1, i, i + 1, i + 2], 1), 0, n_in - 1)
-        return idx, w.astype(np.float32)
-    raise ValueError(f"ab upsampling must be 'bilinear' or 'bicubic', got {mode!r}")
+    return axis_weights(n_out, n_in, mode)
 
 
 class AbUpsampler:
