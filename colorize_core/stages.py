@@ -625,7 +625,7 @@ GRAY_BASELINE = "gray"
 
 def eval_output_path(model: str, image_id: str, fmt: str) -> str:
     """Where evaluation writes a model's output for an image, relative to its output: images/<model>/<id>.<ext>."""
-    return f"images/{model}/{image_id}.{imageio.FORMAT_EXTENSIONS[imageio.canonical_format(fmt)]}"
+    return output_path(f"{model}/{image_id}", fmt)
 
 
 def eval_output_key(output: str, model: str, image_id: str, fmt: str) -> str:
