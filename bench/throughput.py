@@ -18,7 +18,7 @@ shapes: speed does not depend on the values). For each model it prints:
 * CPU ms per megapixel of each step of the job's path on one core, in this process (``time.process_time``);
 * peak memory of the driver plus every Ray process (private RSS, sampled every 0.25 s).
 
-    python bench/throughput.py                       # compact, eccv16, effnet_unet, siggraph17; N = 20
+    python bench/throughput.py                       # compact, eccv16, effnet_unet, siggraph17; N = 40
     python bench/throughput.py --quick               # smoke run: 6 images, N = 4, compact and eccv16
     python bench/throughput.py --models compact --layouts fused,split
 
@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.memory import Sampler  # noqa: E402
 from colorize_core import imageio, metrics, render, storage  # noqa: E402
 from colorize_core.models import create_model, load_model  # noqa: E402
-from colorize_core.stages import InferenceStage, cpu_supports_bf16  # noqa: E402
+from colorize_core.stages import COLORFULNESS_STEP, InferenceStage, cpu_supports_bf16  # noqa: E402
 
 SIZE_CLASSES_MP = (0.25, 0.75, 1.5, 2.25, 3.75)  # mean 1.7 MP
 BUNDLED = ("compact", "effnet_unet")  # the others run on random weights of the released shapes
@@ -185,7 +185,7 @@ def step_costs(paths, module, pre, out: Path) -> tuple[dict[str, float], float]:
         t4 = time.process_time()
         storage.write_output(str(out / p.name), imageio.encode_image(rgb, "jpeg", quality=95), options, root=str(out))
         t5 = time.process_time()
-        metrics.compute_metrics(rgb, None)
+        metrics.compute_metrics(rgb, None, COLORFULNESS_STEP)
         t6 = time.process_time()
         contiguous = np.ascontiguousarray(rgb)
         t7 = time.process_time()
@@ -259,13 +259,13 @@ def main() -> None:
     ap.add_argument("--models", default="compact,eccv16,effnet_unet,siggraph17")
     ap.add_argument("--layouts", default="auto", help="inference.layout values to run the job with, e.g. fused,split")
     ap.add_argument("--images", type=int, default=20, help="distinct images (cycled through the size classes)")
-    ap.add_argument("--rows", type=int, default=20, help="N: rows of the short job run (the long one has 5N)")
+    ap.add_argument("--rows", type=int, default=40, help="N: rows of the short job run (the long one has 5N)")
     ap.add_argument("--factor", type=int, default=5)
     ap.add_argument("--loop-images", dest="loop_images", type=int, default=3)
     ap.add_argument("--forward-batches", dest="forward_batches", type=int, default=4)
     ap.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="inference batch size")
     ap.add_argument("--cpu-batch-size", dest="cpu_batch_size", type=int, default=4)
-    ap.add_argument("--shard-rows", dest="shard_rows", type=int, default=20)
+    ap.add_argument("--shard-rows", dest="shard_rows", type=int, default=1000, help="the job's default")
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 images, N=4, compact and eccv16")
     args = ap.parse_args()
     if args.quick:

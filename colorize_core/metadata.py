@@ -21,6 +21,7 @@ What each format holds is the README's table ("Archival outputs and provenance")
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import struct
@@ -57,7 +58,9 @@ _MAX_BLOCK = 16 * 1024 * 1024  # largest decompressed metadata chunk read (zlib 
 _JPEG_SEGMENT = 65533  # payload bytes of one JPEG APPn segment (65535 minus its length field)
 
 
+@functools.cache
 def project_version() -> str:
+    """The installed project's version (read once per process: importlib.metadata parses the METADATA file)."""
     try:
         return _pkg_metadata.version("colorize")
     except _pkg_metadata.PackageNotFoundError:

@@ -128,8 +128,13 @@ def ssim(pred: np.ndarray, ref: np.ndarray) -> float:
     )
 
 
-def colorfulness(rgb: np.ndarray) -> float:
+def colorfulness(rgb: np.ndarray, step: int = 1) -> float:
     """Hasler & Suesstrunk (2003) colourfulness M3 of a uint8 RGB image (0 for gray).
+
+    ``step`` > 1 scores the regular lattice of every ``step``-th row and column (the colorize job: 2, a
+    quarter of the pixels at a quarter of the cost; M3 is a statistic of the whole opponent-colour
+    distribution, which the lattice samples evenly: 0.06% off on uniform noise, less on photographs,
+    against the JPEG's own 0.02-0.17%).
 
     ``rg = R - G`` and ``yb = (R + G) / 2 - B`` are kept signed: the metric is the spread
     plus the offset of the opponent-colour distribution, and taking ``abs`` (as some
@@ -138,6 +143,10 @@ def colorfulness(rgb: np.ndarray) -> float:
     paper, so scores are comparable with published ones.
     """
     _check_image(rgb, "rgb")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    if step > 1:
+        rgb = rgb[::step, ::step]
     if rgb.dtype == np.uint8:
         return _colorfulness_uint8(rgb)
     r, g, b = (rgb[..., c].astype(np.float64) for c in range(3))
@@ -195,8 +204,10 @@ def deltae2000(pred: np.ndarray, ref: np.ndarray) -> float:
     return float(deltaE_ciede2000(srgb_to_lab(ref), srgb_to_lab(pred)).mean(dtype=np.float64))
 
 
-def compute_metrics(pred: np.ndarray, ref: np.ndarray | None = None) -> dict[str, float | None]:
-    """All metrics of one image, keyed by :data:`METRIC_NAMES`.
+def compute_metrics(pred: np.ndarray, ref: np.ndarray | None = None,
+                    colorfulness_step: int = 1) -> dict[str, float | None]:
+    """All metrics of one image, keyed by :data:`METRIC_NAMES`; colourfulness on every
+    ``colorfulness_step``-th row and column (:func:`colorfulness`).
 
     Without a reference (the usual case for genuinely gray archive scans) only the
     no-reference colourfulness is computed and the other entries are None.
@@ -207,7 +218,7 @@ def compute_metrics(pred: np.ndarray, ref: np.ndarray | None = None) -> dict[str
             "psnr": None,
             "ssim": None,
             "rmse": None,
-            "colorfulness": colorfulness(pred),
+            "colorfulness": colorfulness(pred, colorfulness_step),
             "deltae2000": None,
         }
     _check_pair(pred, ref)
@@ -216,7 +227,7 @@ def compute_metrics(pred: np.ndarray, ref: np.ndarray | None = None) -> dict[str
         "psnr": _psnr_from_mse(mse),
         "ssim": ssim(pred, ref),
         "rmse": math.sqrt(mse),
-        "colorfulness": colorfulness(pred),
+        "colorfulness": colorfulness(pred, colorfulness_step),
         "deltae2000": deltae2000(pred, ref),
     }
 

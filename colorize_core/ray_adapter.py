@@ -119,41 +119,75 @@ def _run_cpu_stage(batch, stage, fault: str = ""):
     return _call(stage, batch, fault)
 
 
-def _run_cpu_stage_in_pieces(batch, stage, fault: str = "", rows: int = 1):
-    """Task body yielding the stage's output as blocks of at most ``rows`` rows: a shard's rows spread over
-    every actor of the next operator (Ray Data gives a whole block to one actor)."""
-    out = _run_cpu_stage(batch, stage, fault)
-    for start in range(0, max(out.num_rows, 1), rows):
-        yield out.slice(start, rows)
+def keep_freed_memory() -> bool:
+    """glibc's allocator in this process keeps freed memory for reuse: buffers up to 32 MiB (the most it
+    allows) come from the heap and up to 1 GiB of free heap stays mapped, rather than fresh pages being mapped,
+    faulted in and zeroed by the kernel for every full-resolution buffer of every image and handed back after
+    it (its default adapts the first threshold only as large blocks are freed, and trims above twice it):
+    +8% images/s on the fused layout, bench/throughput.py. A long-lived actor's memory then stays at its
+    peak. False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(mallopt(opt, value) == 1 for opt, value in ((m_mmap_threshold, 32 << 20),
+                                                            (m_trim_threshold, 1 << 30), (m_top_pad, 64 << 20)))
 
 
 class _ActorStage:
-    """Actor body: holds set-up stages (a model replica; on fused layouts decode -> inference -> compose) for
-    its lifetime, and runs them one after another on each batch in this process: only the last one's output
-    becomes a block.
+    """Actor body: holds set-up stages (a model replica; on fused layouts expand -> decode -> inference ->
+    compose) for its lifetime, and runs them one after another on each batch in this process: only the last
+    one's output becomes a block.
+
+    ``chunk_rows`` (fused): the first stage (the expansion) turns a piece of a shard into its rows, and the
+    others run on them ``chunk_rows`` at a time (the inference batch), each chunk's output yielded as it is
+    done, so full-resolution images of one chunk at a time are held.
 
     A setup that fails (weights the worker cannot read, no GPU memory) is raised from the first batch, not
     from here: an exception in an actor's constructor reaches the driver as an ActorDiedError that carries
     only text, one raised by a task arrives as itself (and names the stage)."""
 
-    def __init__(self, stages: Sequence[Any], faults: Sequence[str]):
-        self.stages, self.faults = tuple(stages), tuple(faults)
+    def __init__(self, stages: Sequence[Any], faults: Sequence[str], chunk_rows: int = 0):
+        self.stages, self.faults, self.chunk_rows = tuple(stages), tuple(faults), chunk_rows
+        keep_freed_memory()
         self.setup_error = next((e for e in map(_setup, self.stages, self.faults) if e is not None), None)
 
     def __call__(self, batch):
         if self.setup_error is not None:
             raise self.setup_error
-        for stage, fault in zip(self.stages, self.faults):
-            batch = _apply(stage, batch, fault)
-        return to_block(batch)
+        steps = list(zip(self.stages, self.faults))
+        if self.chunk_rows:
+            (first, fault), steps = steps[0], steps[1:]
+            rows = _apply(first, batch, fault)
+            n = len(next(iter(rows.values()))) if rows else 0
+            chunks = [{k: v[i: i + self.chunk_rows] for k, v in rows.items()} for i in range(0, n, self.chunk_rows)]
+        else:
+            chunks = [batch]
+        for chunk in chunks:
+            for stage, fault in steps:
+                chunk = _apply(stage, chunk, fault)
+            yield to_block(chunk)
 
 
-def _actor_stage(stages: Sequence[Any]) -> dict[str, Any]:
+def _actor_stage(stages: Sequence[Any], chunk_rows: int = 0) -> dict[str, Any]:
     """map_batches' constructor arguments of an actor holding ``stages``."""
-    return {"stages": tuple(stages), "faults": tuple(_fault(s) for s in stages)}
+    return {"stages": tuple(stages), "faults": tuple(_fault(s) for s in stages), "chunk_rows": chunk_rows}
 
 
-FUSED_TASK_CPUS = 0.05  # a fused layout's shard-expansion task: a manifest read
+PIECE_BATCHES = 4  # inference batches per piece of a shard: the unit of work handed to a task or actor
+
+
+def pieces(shards: Sequence[dict], rows: int) -> list[dict]:
+    """Each shard cut into pieces of at most ``rows`` manifest rows, keeping its ``shard_id``: the unit of
+    work Ray Data hands out (it gives a whole block to one task or actor and does not split it), so that a
+    manifest of one shard still spreads over every actor, while the shard stays the unit of resume."""
+    return [{**s, "start": a, "stop": min(a + rows, s["stop"])}
+            for s in shards for a in range(s["start"], s["stop"], rows)]
 
 
 @dataclass(frozen=True)
@@ -176,10 +210,10 @@ def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None,
 
     ``fusable`` (the colorize job: one model) with ``inference.layout`` auto on a CPU-only cluster, or
     ``fused``, gives the fused layout: each actor decodes, infers and composes its batch in one process at one
-    torch thread, one actor per CPU, a quarter of a CPU left for the shard expansion and the driver. On GPUs
+    torch thread, one actor per CPU, each expanding the pieces of the manifest it is handed. On GPUs
     (``fused`` asked for) the actors are the GPU replicas, and the job runs their compose and scores on the GPU. Nothing
-    but the metrics rows leaves an actor, and no task worker is started and reaped per stage (the start-up and
-    churn that were a third of a run's CPU, docs/cost.md).
+    but the metrics rows leaves an actor, and no task worker is started at all (a task worker's start-up, its
+    imports, costs seconds of CPU, and Ray reaps idle workers beyond one per CPU: docs/cost.md).
 
     Split, cores are never oversubscribed: a replica runs as many torch threads as the CPUs it reserves
     (rounded), and the CPU stages get the rest. On a CPU-only cluster the split follows
@@ -203,15 +237,14 @@ def plan_resources(cfg: ColorizeConfig, cluster: dict[str, float] | None = None,
     fused = pools == 1 and fusable and (inf.layout == "fused" or (inf.layout == "auto" and device == "cpu"))
     if fused and device == "cpu":
         num_actors = inf.num_actors or max(1, cpus)
-        cpus_per_actor = inf.cpus_per_actor or max(0.25, (cpus - 0.25) / num_actors)
+        cpus_per_actor = inf.cpus_per_actor or cpus / num_actors
         threads = inf.threads or max(1, round(cpus_per_actor))
-        if num_actors * cpus_per_actor > cpus - 0.1:
-            raise RuntimeError(f"{num_actors} fused actor(s) x {cpus_per_actor} CPUs leave no CPU for the shard "
-                               f"expansion on a {cpus}-CPU cluster; lower inference.num_actors or cpus_per_actor")
-        # The expansion tasks ask for a sliver, so they fit on any node beside its actors (the quarter CPU
-        # left is a cluster total, not a node's).
+        if num_actors * cpus_per_actor > cpus:
+            raise RuntimeError(f"{num_actors} fused actor(s) x {cpus_per_actor} CPUs do not fit on a {cpus}-CPU "
+                               f"cluster; lower inference.num_actors or cpus_per_actor")
+        # No task runs beside the actors: they expand their pieces of the manifest themselves.
         return Resources(device, num_actors, cpus_per_actor, 0.0, threads, cfg.cpu.concurrency,
-                         max_actors or num_actors, FUSED_TASK_CPUS, fused=True)
+                         max_actors or num_actors, fused=True)
     if device == "cuda":
         num_actors = inf.num_actors or max(1, gpus // pools)
         cpus_per_actor = inf.cpus_per_actor or 1
@@ -248,26 +281,27 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[
     for key, value in FAIL_FAST.items():
         if hasattr(ctx, key):  # every key exists in Ray 2.60; an older Ray lacks the newest
             setattr(ctx, key, value)
-    shards = list(shards)
-    ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
+    # Pieces of shards, a block each: Ray Data hands a whole block to one task or actor.
+    work = pieces(list(shards), max(1, PIECE_BATCHES * cfg.inference.batch_size))
+    ds = ray.data.from_items(work, override_num_blocks=max(1, len(work)))
+    stages = tuple(infer) if isinstance(infer, Sequence) else (infer,)
+    if res.fused:
+        if len(stages) != 1:
+            raise ValueError("a fused layout holds one model")
+        fused = (expand, replace(decode, keep_source=True), *stages, compose)
+        return ds.map_batches(
+            _ActorStage, fn_constructor_kwargs=_actor_stage(fused, chunk_rows=cfg.inference.batch_size),
+            batch_size=1, batch_format="numpy",
+            # From one actor up: work starts when the first is ready, and a CPU still held (a killed run's
+            # actors being reaped, another job) delays one actor rather than the run.
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.max_actors or res.num_actors,
+                                               initial_size=res.max_actors or res.num_actors),
+            num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor or None, memory=cfg.cpu.memory_per_task)
     cpu_args: dict[str, Any] = {"num_cpus": res.cpus_per_task}
     if res.cpu_concurrency:
         cpu_args["compute"] = ray.data.TaskPoolStrategy(size=res.cpu_concurrency)
-    stages = tuple(infer) if isinstance(infer, Sequence) else (infer,)
-    if res.fused and len(stages) != 1:
-        raise ValueError("a fused layout holds one model")
-    pieces = {"rows": cfg.inference.batch_size} if res.fused else {}
-    ds = ds.map_batches(_run_cpu_stage_in_pieces if res.fused else _run_cpu_stage,
-                        fn_kwargs={"stage": expand, "fault": _fault(expand), **pieces},
+    ds = ds.map_batches(_run_cpu_stage, fn_kwargs={"stage": expand, "fault": _fault(expand)},
                         batch_size=1, batch_format="numpy", **cpu_args)
-    if res.fused:
-        return ds.map_batches(
-            _ActorStage, fn_constructor_kwargs=_actor_stage((replace(decode, keep_source=True), *stages, compose)),
-            batch_size=cfg.inference.batch_size, batch_format="numpy",
-            # From one actor up: work starts when the first is ready, and a CPU still held (a killed run's
-            # actors being reaped, another job) delays one actor rather than the run.
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.max_actors or res.num_actors),
-            num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor or None, memory=cfg.cpu.memory_per_task)
     # Declaring the memory a decode needs also keeps Ray Data from fusing decode into the inference
     # actors (it fuses a task stage into a following actor stage whose remote args match, as on
     # CPU-only clusters): split, decoding must overlap inference, not queue behind it in the same process.

@@ -14,6 +14,7 @@ import pytest
 
 from colorize_core import imageio, metrics, storage
 from colorize_core.config import ColorizeConfig
+from colorize_core.stages import COLORFULNESS_STEP
 from jobs import colorize as job
 from tests import jobkit
 from tests.corpus import awkward_corpus
@@ -71,7 +72,7 @@ def _check_outputs(cfg: ColorizeConfig, rows: list[dict], expected_ok: dict[str,
         else:
             reference = None
             assert got["psnr"] is None and got["metrics_against"] is None
-        recomputed = metrics.compute_metrics(out, reference)
+        recomputed = metrics.compute_metrics(out, reference, COLORFULNESS_STEP)  # the job's lattice
         for name, value in recomputed.items():
             if value is None:
                 assert got[name] is None

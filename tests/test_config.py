@@ -292,7 +292,7 @@ def test_a_light_replica_holds_a_fraction_of_a_cpu():
 def test_the_colorize_job_fuses_its_stages_on_cpu_only_clusters_unless_told_not_to():
     res = plan_resources(minimal(), cluster={"CPU": 4}, inference_share=0.9, fusable=True)
     assert res.fused and res.device == "cpu" and (res.num_actors, res.threads, res.max_actors) == (4, 1, 4)
-    assert res.num_actors * res.cpus_per_actor + res.cpus_per_task <= 4 - 0.1 and res.cpus_per_task > 0
+    assert res.num_actors * res.cpus_per_actor <= 4  # no task runs beside them: they expand their own pieces
     assert not plan_resources(minimal(), cluster={"CPU": 16, "GPU": 2}, fusable=True).fused  # GPUs: split
     assert not plan_resources(minimal(), cluster={"CPU": 4}, pools=2).fused  # evaluation: a pool per model
     split = plan_resources(minimal(inference={"layout": "split"}), cluster={"CPU": 4}, fusable=True)

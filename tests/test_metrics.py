@@ -117,6 +117,17 @@ def test_colorfulness():
     assert colorfulness(red) == pytest.approx(0.3 * math.hypot(255.0, 127.5))
 
 
+def test_colorfulness_on_a_lattice_is_the_lattice_s_and_near_the_whole_image_s():
+    for name in REAL_IMAGES:
+        rgb = getattr(data, name)()
+        lattice = colorfulness(rgb, step=2)
+        assert lattice == pytest.approx(_colorfulness_reference(rgb[::2, ::2]), abs=1e-9)
+        assert lattice == pytest.approx(colorfulness(rgb), rel=5e-3)
+        assert compute_metrics(rgb, None, colorfulness_step=2)["colorfulness"] == lattice
+    with pytest.raises(ValueError, match="step"):
+        colorfulness(np.zeros((4, 4, 3), np.uint8), step=0)
+
+
 def test_colorfulness_is_signed():
     # Half red, half green: with abs(rg) this would look uniform (no spread, large mean).
     img = np.zeros((8, 8, 3), np.uint8)

@@ -8,7 +8,7 @@ import pytest
 
 from colorize_core import storage
 from colorize_core.config import ColorizeConfig
-from colorize_core.ray_adapter import to_block
+from colorize_core.ray_adapter import keep_freed_memory, pieces, to_block
 from colorize_core.schema import BATCH_TYPES, METRIC_BATCH_SCHEMA
 from jobs import colorize as job
 from tests import jobkit
@@ -47,6 +47,26 @@ def test_blocks_have_the_declared_schema_whatever_the_values():
 
     with pytest.raises(TypeError, match="schema.py"):
         to_block({"undeclared": _obj(["x"])})
+
+
+def test_shards_are_cut_into_pieces_that_keep_their_shard_id():
+    """Ray Data gives a whole block to one actor: a manifest of one shard must still reach every actor, so the
+    work goes out in pieces of a shard (each still counted against its shard's rows for resume)."""
+    shards = [{"shard_id": "a", "file": "m.parquet", "start": 0, "stop": 70},
+              {"shard_id": "b", "file": "m.parquet", "start": 70, "stop": 80}]
+    got = pieces(shards, 32)
+    assert [(p["shard_id"], p["start"], p["stop"]) for p in got] == [
+        ("a", 0, 32), ("a", 32, 64), ("a", 64, 70), ("b", 70, 80)]
+    assert all(p["file"] == "m.parquet" for p in got)
+    assert pieces(shards, 1000) == shards
+
+
+def test_actors_keep_freed_memory_on_glibc():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt")
+    assert keep_freed_memory()
 
 
 def test_reference_uri_on_one_row_of_sixteen_at_five_row_shards(ray_cluster, tmp_path):

@@ -11,6 +11,7 @@ import torch
 from colorize_core import imageio, metrics, render, storage
 from colorize_core.models.preprocess import Preprocessing
 from colorize_core.stages import (
+    COLORFULNESS_STEP,
     ComposeStage,
     DecodeStage,
     InferenceStage,
@@ -119,7 +120,7 @@ def test_compose_stage_scores_the_written_file_where_a_reference_needs_it(inputs
     # A gray source has no reference: its colourfulness is of the pixels encoded, not of the file decoded again.
     gray = imageio.decode_image(storage.read_bytes(batch["uri"][1], opts)).pixels
     encoded = render.compose(gray, decoded["ab"][1], pre)
-    assert rows["colorfulness"][1] == pytest.approx(metrics.colorfulness(encoded), abs=1e-12)
+    assert rows["colorfulness"][1] == pytest.approx(metrics.colorfulness(encoded, COLORFULNESS_STEP), abs=1e-12)
     assert rows["colorfulness"][1] != pytest.approx(metrics.colorfulness(
         jobkit.decode(output_key(str(tmp_path / "out"), "g_png", "jpeg"))), abs=1e-9)
 
