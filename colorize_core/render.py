@@ -100,6 +100,22 @@ def decode_reduced(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple
     return pixels, (pixels.shape[0], pixels.shape[1])
 
 
+def reduce_decoded(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A full-resolution decode brought down for the model as :func:`decode_reduced`'s draft scale would be:
+    by the largest factor of 2, 4 or 8 that keeps at least ``DRAFT_OVERSAMPLE`` x ``size`` on each side, here
+    as a box average (Pillow's ``reduce``; the draft's scaled IDCT is a low-pass of the same blocks). For a
+    process that decodes the source at full resolution anyway (the fused layout's actor): one decode, not two.
+    Anything but 8-bit gray or RGB comes back as it is (the model's resize takes it whole)."""
+    if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
+        return pixels
+    side = DRAFT_OVERSAMPLE * max(size)
+    height, width = pixels.shape[:2]
+    factor = next((k for k in (8, 4, 2) if -(-width // k) >= side and -(-height // k) >= side), 1)
+    if factor == 1:
+        return pixels
+    return np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).reduce(factor))
+
+
 def hint_maps(hints: Any, pre: Preprocessing, radius: int) -> tuple[np.ndarray, np.ndarray]:
     """SIGGRAPH17 hint map [2,h,w] and mask [1,h,w] at the model's input size; a bad hint is the input's fault
     (:class:`InputError`)."""

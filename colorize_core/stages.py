@@ -237,7 +237,9 @@ class DecodeStage:
     # Evaluation: instead of a manifest's hints, this many sampled from each decoded original (hints.sample_hints).
     sample_hints: int = 0
     hint_seed: int = 0
-    # The fetched bytes kept in a 'source' column, for a compose in the same process (fused layout): one GET.
+    # The fetched bytes kept in a 'source' column, for a compose in the same process (fused layout): one GET;
+    # and the source decoded once at full resolution (the model's L from it, render.reduce_decoded), kept in a
+    # 'decoded' column for that compose where it has at most KEEP_DECODED_PIXELS pixels.
     keep_source: bool = False
 
     def setup(self) -> None:
@@ -286,13 +288,18 @@ class DecodeStage:
         hint_mask = np.zeros((n, 1, h, w), np.float32) if self.accepts_hints else None
         status, error, reuse, seconds = [], [], np.zeros(n, bool), np.zeros(n, np.float64)
         sources: list[bytes | None] = [None] * n
+        decoded: list[imageio.DecodedImage | None] = [None] * n
         for i in range(n):
             t0 = time.perf_counter()
             image_id, uri = batch["image_id"][i], batch["uri"][i]
             try:
                 data = read_input(uri, self.options)
                 sources[i] = data if self.keep_source else None
-                if self.protocol == "full":
+                if self.protocol == "full" and self.keep_source:
+                    image = imageio.decode_image(data, max_pixels=self.max_pixels)
+                    rgb, geometry = render.reduce_decoded(image.pixels, largest), image.pixels.shape[:2]
+                    decoded[i] = image if image.width * image.height <= KEEP_DECODED_PIXELS else None
+                elif self.protocol == "full":
                     rgb, geometry = render.decode_reduced(data, largest, self.max_pixels)
                 else:
                     rgb = apply_protocol(imageio.decode_image(data, max_pixels=self.max_pixels).rgb, self.protocol)
@@ -322,8 +329,13 @@ class DecodeStage:
         if self.accepts_hints:
             out.update(hint_ab=hint_ab, hint_mask=hint_mask)
         if self.keep_source:
-            out["source"] = _obj_column(sources)
+            out["source"], out["decoded"] = _obj_column(sources), _obj_column(decoded)
         return out
+
+
+# A fused actor keeps a decoded source from its decode to its compose up to this size (an inference batch of
+# 8 RGB scans of 16 MP holds 384 MB); a larger one is decoded again by the compose, one at a time.
+KEEP_DECODED_PIXELS = 16_000_000
 
 
 # CPU-stage cost per image megapixel on one core: reduced decode + model L, the full decode, compose,
@@ -535,7 +547,9 @@ class ComposeStage:
         image_id = row["image_id"]
         data = row.get("source")  # the bytes the decode stage fetched, where it ran in this process (fused)
         data = data if isinstance(data, bytes) else read_input(row["uri"], self.options)
-        source = imageio.decode_image(data, max_pixels=self.max_pixels)
+        source = row.get("decoded")  # decoded once by the decode stage in this process (fused), if kept
+        if not isinstance(source, imageio.DecodedImage):
+            source = imageio.decode_image(data, max_pixels=self.max_pixels)
         rel = output_path(image_id, self.output_format)
         key = storage.join(self.output, rel)
         ref_uri = _text(row.get("reference_uri"))

@@ -11,6 +11,7 @@ visible decision in the diff.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -227,3 +228,21 @@ def test_golden_file_is_small_and_holds_every_case():
             "effnet_unet/colour16/depth16"} <= set(stored.files)
     assert stored["input/colour16"].dtype == np.uint16 and stored["effnet_unet/colour16/depth16"].dtype == np.uint16
 
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_full_decode_reduced_for_the_model_matches_the_draft_decode(mode):
+    """The fused actor decodes once at full resolution and brings it down as the draft would: same size, and
+    the model's L within a fraction of a unit of the draft's (both are low-passes of the same 8x8 blocks)."""
+    photo = np.asarray(Image.fromarray(data.astronaut()).resize((1500, 1100)).convert(mode))
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, "JPEG", quality=90)
+    pre = Preprocessing((128, 128))
+    drafted, geometry = render.decode_reduced(buf.getvalue(), pre.input_size, imageio.DEFAULT_MAX_PIXELS)
+    full = imageio.decode_image(buf.getvalue()).pixels
+    reduced = render.reduce_decoded(full, pre.input_size)
+    assert reduced.shape == drafted.shape and geometry == full.shape[:2]
+    diff = np.abs(pre.model_l(reduced) - pre.model_l(drafted))
+    assert diff.mean() < 0.3 and diff.max() < 3.0
+    small = full[:300, :300]
+    assert render.reduce_decoded(small, pre.input_size) is small  # too small to halve: as it is
