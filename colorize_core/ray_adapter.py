@@ -294,8 +294,7 @@ def build_dataset(shards: Iterable[dict], expand, decode, infer: Any | Sequence[
             batch_size=1, batch_format="numpy",
             # From one actor up: work starts when the first is ready, and a CPU still held (a killed run's
             # actors being reaped, another job) delays one actor rather than the run.
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.max_actors or res.num_actors,
-                                               initial_size=res.max_actors or res.num_actors),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.max_actors or res.num_actors),
             num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor or None, memory=cfg.cpu.memory_per_task)
     cpu_args: dict[str, Any] = {"num_cpus": res.cpus_per_task}
     if res.cpu_concurrency:

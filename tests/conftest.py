@@ -346,7 +346,7 @@ def ray_cluster(pytestconfig: pytest.Config):
         object_store_memory=512 * 1024**2,
         _node_ip_address=HOST,
         logging_level=logging.WARNING,
-        log_to_driver=True,
+        log_to_driver=False,  # as the jobs run Ray (launch.init_ray): no workers' or GCS log lines on the driver
     )
     try:
         from ray.data import DataContext
